@@ -1,0 +1,190 @@
+"""`appliance ...`: the command line (a contract: names follow DESIGN.md).
+
+Each command is a small function that parses nothing itself: argparse hands it a namespace,
+it calls library code, prints, and returns an exit code. `ApplianceError`s become one line on
+stderr and their exit code, never a traceback.
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+from appliance.system.logs import setup_logging
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `appliance` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging("debug" if args.verbose else "warning", "debug" if args.verbose else "error")
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return handler(args)
+    except ApplianceError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    parser = argparse.ArgumentParser(
+        prog="appliance",
+        description="Fine-tune an open GGUF model on plant data at the edge; federate over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_config_commands(commands)
+    _add_model_commands(commands)
+    _add_generate_command(commands)
+    return parser
+
+
+def _add_config_commands(commands: Any) -> None:
+    config = commands.add_parser("config", help="check configuration files")
+    sub = config.add_subparsers(title="config commands", metavar="COMMAND")
+    check = sub.add_parser("check", help="validate an edge or aggregator config file")
+    check.add_argument("file", type=Path, help="TOML file to check")
+    check.add_argument("--json", action="store_true", help="print the effective config as JSON")
+    check.set_defaults(handler=_config_check)
+
+
+def _add_model_commands(commands: Any) -> None:
+    from appliance.llm.tiny import TINY_QUANTS
+
+    model = commands.add_parser("model", help="make and inspect GGUF models")
+    sub = model.add_subparsers(title="model commands", metavar="COMMAND")
+    tiny = sub.add_parser("make-tiny", help="write a tiny random llama GGUF (for tests)")
+    tiny.add_argument("out", type=Path, help="output .gguf file")
+    tiny.add_argument("--quant", choices=TINY_QUANTS, default="f32", help="block weight type")
+    tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    tiny.set_defaults(handler=_model_make_tiny)
+    info = sub.add_parser("info", help="architecture, sizes, quantisation, licence, sha256")
+    info.add_argument("model", help="GGUF path or `builtin`")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(handler=_model_info)
+
+
+def _add_generate_command(commands: Any) -> None:
+    gen = commands.add_parser("generate", help="complete a prompt with the model")
+    gen.add_argument("prompt", help="text to complete")
+    gen.add_argument("--model", required=True, help="GGUF path or `builtin`")
+    gen.add_argument("--adapter", type=Path, help="LoRA adapter GGUF to apply")
+    gen.add_argument("--max-tokens", type=int, default=64, help="tokens to generate")
+    gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    gen.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold")
+    gen.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    gen.add_argument("--seed", type=int, help="seed for reproducible sampling")
+    gen.add_argument("--context-tokens", type=int, default=2048, help="context window")
+    gen.add_argument(
+        "--allow-unlisted-license",
+        action="store_true",
+        help="load a model whose licence is missing or not an allowed open licence",
+    )
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.set_defaults(handler=_generate)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from appliance.config import load_config
+
+    config = load_config(args.file)
+    if args.json:
+        _print_json(config.model_dump(mode="json"))
+    else:
+        print(f"{args.file}: valid {config.role} configuration")
+    return 0
+
+
+def _model_make_tiny(args: argparse.Namespace) -> int:
+    from appliance.llm.tiny import make_tiny_model
+
+    path = make_tiny_model(args.out, args.quant, seed=args.seed)
+    print(f"wrote {path} ({path.stat().st_size} bytes, {args.quant})")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from appliance.errors import ModelError
+    from appliance.llm.builtin import resolve_model_path
+    from appliance.llm.gguf_file import read_model_info
+
+    info = read_model_info(resolve_model_path(args.model), ModelError)
+    if args.json:
+        _print_json(asdict(info))
+        return 0
+    types = ", ".join(f"{name} x{count}" for name, count in sorted(info.tensor_types.items()))
+    rows = [
+        ("file", info.path),
+        ("name", info.name or "-"),
+        ("architecture", info.architecture),
+        ("layers", info.layers),
+        ("embedding", info.embedding_length),
+        ("feed-forward", info.feed_forward_length),
+        ("heads (kv)", f"{info.head_count} ({info.head_count_kv})"),
+        ("context (trained)", info.context_length),
+        ("vocabulary", info.vocab_size),
+        ("quantisation", f"{info.file_type} ({types})"),
+        ("parameters", f"{info.parameters:,}"),
+        ("licence", info.license or "none declared"),
+        ("size", f"{info.size_bytes:,} bytes"),
+        ("sha256", info.sha256),
+    ]
+    for key, value in rows:
+        print(f"{key:<18} {value}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from appliance.llm.licenses import LicensePolicy
+    from appliance.llm.runtime import Runtime
+
+    policy = LicensePolicy(allow_unlisted=args.allow_unlisted_license)
+    with Runtime(args.model, context_tokens=args.context_tokens, policy=policy) as runtime:
+        if args.adapter:
+            runtime.set_adapters([(runtime.load_adapter(args.adapter), 1.0)])
+        result = runtime.generate(
+            args.prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            stop=args.stop,
+            seed=args.seed,
+        )
+    if args.json:
+        _print_json(
+            {
+                "text": result.text,
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+                "model_sha256": runtime.info.sha256,
+                "adapter": str(args.adapter) if args.adapter else None,
+            }
+        )
+    else:
+        print(result.text)
+    return 0
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

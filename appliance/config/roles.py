@@ -1,0 +1,52 @@
+"""The two config files: one for an edge box, one for the plant aggregator."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from appliance.config.base import Section
+from appliance.config.identity import IdentitySettings
+from appliance.config.logs import LoggingSettings
+from appliance.config.model import ModelSettings
+from appliance.config.mqtt import MqttSettings
+from appliance.config.rounds import RoundSettings
+from appliance.config.storage import PathSettings
+from appliance.config.training import TrainingSettings
+
+
+class EdgeConfig(Section):
+    """`/etc/appliance/edge.toml`: a box that trains on local data and serves the model."""
+
+    role: Literal["edge"] = Field(description='Must be "edge" in a box\'s file.')
+    identity: IdentitySettings = Field(description="Plant, node name and signing key.")
+    model: ModelSettings = Field(default_factory=ModelSettings, description="Base model.")
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings, description="LoRA training on the box."
+    )
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    paths: PathSettings = Field(default_factory=PathSettings, description="State and spool.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+
+class AggregatorConfig(Section):
+    """`/etc/appliance/aggregator.toml`: combines the boxes' updates, runs rounds."""
+
+    role: Literal["aggregator"] = Field(
+        description='Must be "aggregator" in the aggregator\'s file.'
+    )
+    identity: IdentitySettings = Field(description="Plant, node name and signing key.")
+    model: ModelSettings = Field(
+        default_factory=ModelSettings,
+        description="Base model the fleet adapts; the aggregator checks update shapes against it.",
+    )
+    rounds: RoundSettings = Field(default_factory=RoundSettings, description="Federated rounds.")
+    mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    paths: PathSettings = Field(default_factory=PathSettings, description="State directory.")
+    logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+
+NodeConfig = EdgeConfig | AggregatorConfig
+ROLES: dict[str, type[EdgeConfig] | type[AggregatorConfig]] = {
+    "edge": EdgeConfig,
+    "aggregator": AggregatorConfig,
+}

@@ -1,0 +1,19 @@
+"""Where a node keeps its state and, on a box, where plant data is dropped."""
+
+from pydantic import Field
+
+from appliance.config.base import ConfigPath, Section
+
+
+class PathSettings(Section):
+    """Directories owned by the daemon (systemd's StateDirectory by default)."""
+
+    state_dir: ConfigPath = Field(
+        default="/var/lib/appliance",
+        description="Databases, adapters, outbox and caches. Must be writable by the daemon.",
+    )
+    spool_dir: ConfigPath = Field(
+        default="/var/lib/appliance/spool",
+        description="Edge only: plant data is dropped here as JSON Lines files "
+        '(`{"text": ...}` or `{"prompt": ..., "completion": ...}`).',
+    )

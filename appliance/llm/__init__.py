@@ -1,0 +1,4 @@
+"""Everything that touches llama.cpp: model files, the runtime, adapters, the tiny test model.
+
+No other package imports `llama_cpp`; they go through `appliance.llm.runtime`.
+"""

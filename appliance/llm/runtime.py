@@ -1,0 +1,311 @@
+"""A loaded model: generate, score (NLL) and hot-swap LoRA adapters on the live context.
+
+One `Runtime` owns one llama.cpp model and one context. Adapters are loaded next to the
+model and switched on the context with `llama_set_adapters_lora`, so a new global adapter
+takes effect in milliseconds without reloading the base model. The KV cache is cleared after
+every switch: what it holds was computed with the previous adapters.
+"""
+
+import contextlib
+import ctypes
+import io
+import logging
+import math
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from appliance.errors import AdapterError, ModelError
+from appliance.llm.adapters import AdapterFile, check_adapter_fits, read_adapter
+from appliance.llm.builtin import resolve_model_path
+from appliance.llm.gguf_file import ModelInfo, file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.llm.licenses import LicensePolicy
+from appliance.llm.native import bridge, lib, llama_cpp
+
+log = logging.getLogger(__name__)
+
+NLL_BATCH_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Text produced for one prompt."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class NllResult:
+    """Negative log-likelihood of texts under the current model and adapters (nats)."""
+
+    total_nll: float
+    tokens: int
+
+    @property
+    def mean_nll(self) -> float:
+        """Mean NLL per predicted token."""
+        return self.total_nll / self.tokens if self.tokens else math.nan
+
+    @property
+    def perplexity(self) -> float:
+        """exp(mean NLL)."""
+        return math.exp(self.mean_nll) if self.tokens else math.nan
+
+
+@dataclass(eq=False)
+class Adapter:
+    """A LoRA adapter loaded next to the model (usable on its context until freed)."""
+
+    path: Path
+    sha256: str
+    file: AdapterFile
+    handle: ctypes.c_void_p | None
+
+    @property
+    def rank(self) -> int:
+        """LoRA rank."""
+        return self.file.rank
+
+
+class Runtime:
+    """One GGUF model and one llama.cpp context."""
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        context_tokens: int = 2048,
+        threads: int = 0,
+        gpu_layers: int = 0,
+        policy: LicensePolicy | None = None,
+    ) -> None:
+        path = resolve_model_path(model)
+        self.info: ModelInfo = read_model_info(path, ModelError)
+        (policy or LicensePolicy()).check(self.info)
+        self._shapes = tensor_shapes(open_gguf(path, ModelError))
+        self._lock = threading.RLock()
+        self._adapters: list[Adapter] = []
+        self._active: list[tuple[Adapter, float]] = []
+        self._llm = self._load(path, context_tokens, threads or os.cpu_count() or 1, gpu_layers)
+        self.context_tokens = int(lib.llama_n_ctx(self._ctx))
+        self.n_vocab = int(self._llm.n_vocab())
+        log.info(
+            "loaded model %s (%s, sha256 %s, licence %s)",
+            path, self.info.file_type, self.info.sha256, self.info.license or "none",
+        )
+
+    def _load(self, path: Path, n_ctx: int, threads: int, gpu_layers: int) -> "llama_cpp.Llama":
+        mark = bridge.mark()
+        try:
+            with _python_output_to_log():
+                return llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=min(n_ctx, 512),
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=gpu_layers,
+                    verbose=True,  # keeps stderr open; our log bridge filters llama.cpp's lines
+                )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(_with_reasons(f"{path}: llama.cpp could not load the model", mark)) from exc
+
+    @property
+    def _ctx(self) -> ctypes.c_void_p:
+        return self._llm._ctx.ctx
+
+    @property
+    def _model(self) -> ctypes.c_void_p:
+        return self._llm._model.model
+
+    # -- text -------------------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of `text` (with the model's BOS token first when `add_bos`)."""
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+    ) -> Generation:
+        """Complete `prompt`; the same seed gives the same text on the same model and adapters."""
+        with self._lock, _python_output_to_log():
+            result = self._llm.create_completion(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=list(stop) or None,
+                seed=seed,
+            )
+        choice = result["choices"][0]  # type: ignore[index]
+        usage = result["usage"]  # type: ignore[index]
+        return Generation(
+            text=choice["text"],
+            finish_reason=choice["finish_reason"] or "length",
+            prompt_tokens=usage["prompt_tokens"],
+            completion_tokens=usage["completion_tokens"],
+        )
+
+    def nll(self, texts: Sequence[str]) -> NllResult:
+        """NLL of each text's tokens given the ones before it, summed over texts.
+
+        A text longer than the context is scored in consecutive windows of the context
+        length; the first token of every window is context only.
+        """
+        total, count = 0.0, 0
+        for text in texts:
+            tokens = self.tokenize(text)
+            for start in range(0, max(len(tokens) - 1, 0), self.context_tokens):
+                window = tokens[start : start + self.context_tokens]
+                if len(window) > 1:
+                    total += self._window_nll(window)
+                    count += len(window) - 1
+        return NllResult(total, count)
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits after every token of one window: shape (len(tokens), n_vocab), float32."""
+        if not 0 < len(tokens) <= self.context_tokens:
+            raise ValueError(f"need 1..{self.context_tokens} tokens, got {len(tokens)}")
+        with self._lock:
+            return np.concatenate(list(self._decode_all_logits(tokens)))
+
+    def _window_nll(self, tokens: Sequence[int]) -> float:
+        with self._lock:
+            nll, position = 0.0, 0
+            for chunk in self._decode_all_logits(tokens):
+                targets = tokens[position + 1 : position + 1 + len(chunk)]
+                rows = chunk[: len(targets)].astype(np.float64)
+                peak = rows.max(axis=1, keepdims=True)
+                log_z = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+                nll += float((log_z - rows[np.arange(len(targets)), targets]).sum())
+                position += len(chunk)
+            return nll
+
+    def _decode_all_logits(self, tokens: Sequence[int]) -> Iterator[np.ndarray]:
+        """Decode one window from an empty cache, yielding the logits of each batch."""
+        self._forget_cache()
+        batch = lib.llama_batch_init(NLL_BATCH_TOKENS, 0, 1)
+        try:
+            for start in range(0, len(tokens), NLL_BATCH_TOKENS):
+                chunk = tokens[start : start + NLL_BATCH_TOKENS]
+                _fill_batch(batch, chunk, start)
+                if lib.llama_decode(self._ctx, batch) != 0:
+                    raise ModelError(f"llama_decode failed on a {len(chunk)}-token batch")
+                out = lib.llama_get_logits(self._ctx)
+                yield np.ctypeslib.as_array(out, shape=(len(chunk), self.n_vocab)).copy()
+        finally:
+            lib.llama_batch_free(batch)
+            self._forget_cache()
+
+    def _forget_cache(self) -> None:
+        lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
+        self._llm.reset()
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    def load_adapter(self, path: Path) -> Adapter:
+        """Load an adapter made for this model; `AdapterError` says why one is refused."""
+        path = Path(path)
+        content = read_adapter(path)
+        check_adapter_fits(path, content, self.info.architecture, self._shapes, self.info.sha256)
+        mark = bridge.mark()
+        with self._lock:
+            handle = lib.llama_adapter_lora_init(self._model, str(path).encode())
+            if not handle:
+                raise AdapterError(_with_reasons(f"{path}: llama.cpp refused the adapter", mark))
+            adapter = Adapter(path, file_sha256(path), content, handle)
+            self._adapters.append(adapter)
+        log.info("loaded adapter %s (rank %d, sha256 %s)", path, adapter.rank, adapter.sha256)
+        return adapter
+
+    def set_adapters(self, adapters: Sequence[tuple[Adapter, float]]) -> None:
+        """Make exactly these adapters (with their scales) active; clears the KV cache."""
+        with self._lock:
+            for adapter, scale in adapters:
+                if adapter.handle is None or adapter not in self._adapters:
+                    raise AdapterError(f"{adapter.path}: adapter was freed or not loaded here")
+                if not math.isfinite(scale):
+                    raise AdapterError(f"{adapter.path}: scale must be finite (got {scale})")
+            count = len(adapters)
+            handles = (lib.llama_adapter_lora_p_ctypes * max(count, 1))(
+                *[a.handle for a, _ in adapters]
+            )
+            scales = (ctypes.c_float * max(count, 1))(*[s for _, s in adapters])
+            if lib.llama_set_adapters_lora(self._ctx, handles, count, scales) != 0:
+                raise AdapterError("llama.cpp could not set the adapters on the context")
+            self._active = list(adapters)
+            self._forget_cache()
+
+    def clear_adapters(self) -> None:
+        """Serve the base model alone."""
+        self.set_adapters([])
+
+    @property
+    def active_adapters(self) -> list[tuple[Adapter, float]]:
+        """The adapters in effect, with their scales."""
+        return list(self._active)
+
+    def free_adapter(self, adapter: Adapter) -> None:
+        """Release an adapter's memory; it must not be active."""
+        with self._lock:
+            if any(a is adapter for a, _ in self._active):
+                raise AdapterError(f"{adapter.path}: adapter is active; switch it off first")
+            if adapter.handle is not None and adapter in self._adapters:
+                lib.llama_adapter_lora_free(adapter.handle)
+                self._adapters.remove(adapter)
+            adapter.handle = None
+
+    def close(self) -> None:
+        """Free adapters, context and model."""
+        with self._lock:
+            if self._active:
+                self.clear_adapters()
+            for adapter in list(self._adapters):
+                self.free_adapter(adapter)
+            self._llm.close()
+
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _fill_batch(batch: "lib.llama_batch", tokens: Sequence[int], first_pos: int) -> None:
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = first_pos + i
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1
+    batch.n_tokens = len(tokens)
+
+
+def _with_reasons(message: str, mark: int) -> str:
+    reasons = bridge.problems_since(mark)
+    return f"{message}: {' / '.join(reasons[-3:])}" if reasons else message
+
+
+@contextlib.contextmanager
+def _python_output_to_log() -> Iterator[None]:
+    """llama-cpp-python prints diagnostics with print(); send them to the debug log."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
+    for line in sink.getvalue().splitlines():
+        if line.strip():
+            log.debug("llama-cpp-python: %s", line)

@@ -1,0 +1,1 @@
+"""The process's life on a host: logging now; systemd notify, watchdog and signals later."""
