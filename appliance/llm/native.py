@@ -21,8 +21,13 @@ from llama_cpp import llama_cpp as lib  # noqa: E402
 log = logging.getLogger("appliance.llama")
 
 # enum ggml_log_level in ggml.h of the vendored llama.cpp
-_GGML_TO_LOGGING = {0: logging.INFO, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING,
-                    4: logging.ERROR}
+_GGML_TO_LOGGING = {
+    0: logging.INFO,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
 _GGML_LOG_LEVEL_CONT = 5
 _RECENT_LINES = 64
 

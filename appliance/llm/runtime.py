@@ -22,7 +22,13 @@ import numpy as np
 from appliance.errors import AdapterError, ModelError
 from appliance.llm.adapters import AdapterFile, check_adapter_fits, read_adapter
 from appliance.llm.builtin import resolve_model_path
-from appliance.llm.gguf_file import ModelInfo, file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.llm.gguf_file import (
+    ModelInfo,
+    file_sha256,
+    open_gguf,
+    read_model_info,
+    tensor_shapes,
+)
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.native import bridge, lib, llama_cpp
 
@@ -98,7 +104,10 @@ class Runtime:
         self.n_vocab = int(self._llm.n_vocab())
         log.info(
             "loaded model %s (%s, sha256 %s, licence %s)",
-            path, self.info.file_type, self.info.sha256, self.info.license or "none",
+            path,
+            self.info.file_type,
+            self.info.sha256,
+            self.info.license or "none",
         )
 
     def _load(self, path: Path, n_ctx: int, threads: int, gpu_layers: int) -> "llama_cpp.Llama":
@@ -115,7 +124,8 @@ class Runtime:
                     verbose=True,  # keeps stderr open; our log bridge filters llama.cpp's lines
                 )
         except (ValueError, RuntimeError) as exc:
-            raise ModelError(_with_reasons(f"{path}: llama.cpp could not load the model", mark)) from exc
+            reason = _with_reasons(f"{path}: llama.cpp could not load the model", mark)
+            raise ModelError(reason) from exc
 
     @property
     def _ctx(self) -> ctypes.c_void_p:

@@ -50,7 +50,14 @@ def make_tiny_model(
     rng = np.random.default_rng(seed)
     tokens, scores, types = _vocabulary()
     writer = gguf.GGUFWriter(str(out), "llama")
-    _write_metadata(writer, file_type, tokens, scores, types, license_name)
+    _write_metadata(
+        writer,
+        file_type=file_type,
+        tokens=tokens,
+        scores=scores,
+        types=types,
+        license_name=license_name,
+    )
 
     def matrix(rows: int, cols: int, std: float) -> np.ndarray:
         return rng.normal(0.0, std, size=(rows, cols)).astype(np.float32)
@@ -86,6 +93,7 @@ def make_tiny_model(
 
 def _write_metadata(
     writer: gguf.GGUFWriter,
+    *,
     file_type: LlamaFileType,
     tokens: list[str],
     scores: list[float],
