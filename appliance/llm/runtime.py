@@ -163,9 +163,10 @@ class Runtime:
             )
         choice = result["choices"][0]  # type: ignore[index]
         usage = result["usage"]  # type: ignore[index]
+        text, finish_reason = _cut_at_stop(choice["text"], stop, choice["finish_reason"])
         return Generation(
-            text=choice["text"],
-            finish_reason=choice["finish_reason"] or "length",
+            text=text,
+            finish_reason=finish_reason,
             prompt_tokens=usage["prompt_tokens"],
             completion_tokens=usage["completion_tokens"],
         )
@@ -293,6 +294,18 @@ class Runtime:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _cut_at_stop(text: str, stop: Sequence[str], reason: str | None) -> tuple[str, str]:
+    """Enforce stop strings on the final text.
+
+    llama-cpp-python skips its stop check while the text ends in an incomplete UTF-8
+    sequence, so a stop string can slip through after raw byte tokens.
+    """
+    cuts = [text.index(s) for s in stop if s and s in text]
+    if cuts:
+        return text[: min(cuts)], "stop"
+    return text, reason or "length"
 
 
 def _fill_batch(batch: "lib.llama_batch", tokens: Sequence[int], first_pos: int) -> None:
