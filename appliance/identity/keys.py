@@ -16,10 +16,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from appliance.config.base import TOPIC_SAFE_PATTERN
 from appliance.identity.errors import IdentityError
 
-NODE_ID_RE = re.compile(TOPIC_SAFE_PATTERN)
+NODE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""Node ids are MQTT topic levels and file names (same rule as the config's `TopicSafeId`)."""
 MAX_KEY_FILE_BYTES = 16 * 1024
 
 
@@ -54,7 +54,7 @@ class NodeKey:
 
 def check_node_id(node_id: str) -> str:
     """Node ids name topics and files: letters, digits, `_ . -`, at most 64 characters."""
-    if not NODE_ID_RE.match(node_id):
+    if not NODE_ID_RE.fullmatch(node_id):
         raise IdentityError(
             f"invalid node id {node_id!r}: use letters, digits, '_', '.', '-' (max 64)"
         )

@@ -32,7 +32,7 @@ class TrustStore:
 
     def public_key(self, node_id: str) -> Ed25519PublicKey:
         """The key of `node_id`; `UnknownSignerError` when there is none (or it is unreadable)."""
-        if not NODE_ID_RE.match(node_id):
+        if not NODE_ID_RE.fullmatch(node_id):
             raise UnknownSignerError(f"invalid signer id {node_id!r}")
         path = self.directory / f"{node_id}.pub"
         try:

@@ -12,10 +12,9 @@ that the signer of a message is the writer named in its topic.
     msg/<sender>/<kind>                          small signed message (rounds, commands...)
 """
 
-import re
 from dataclasses import dataclass
 
-from appliance.config.base import TOPIC_SAFE_PATTERN
+from appliance.identity.keys import NODE_ID_RE
 
 ROOT = "appliance/v1"
 ARTIFACT = "artifact"
@@ -25,15 +24,13 @@ MSG = "msg"
 MANIFEST = "manifest"
 CHUNK = "chunk"
 
-_SAFE = re.compile(TOPIC_SAFE_PATTERN)
-
 
 class TopicError(ValueError):
     """A topic (or a name meant for one) does not fit the tree."""
 
 
 def _safe(name: str, what: str) -> str:
-    if not _SAFE.match(name):
+    if not NODE_ID_RE.fullmatch(name):
         raise TopicError(f"invalid {what} {name!r} for a topic level")
     return name
 

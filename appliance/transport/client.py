@@ -1,0 +1,359 @@
+"""One MQTT v5 connection to the plant broker, safe to use from application code.
+
+paho runs its network loop in its own thread and calls back into ours; a callback that blocks
+stalls keep-alives and acknowledgements. So every paho callback only records what happened and
+hands the work to a queue; one worker thread runs all handlers, publish completions and
+periodic ticks in order. Code built on this client (sender, receiver) is therefore
+single-threaded and needs no locks of its own.
+
+The client keeps a persistent session (Clean Start off, session expiry from the config), so
+QoS 1 messages queued by the broker survive reconnects and broker restarts. It never sends a
+packet larger than the smaller of the configured cap and the broker's CONNACK
+`MaximumPacketSize`: paho does not enforce the broker's limit, and an oversize QoS 1 message
+would be re-sent after every reconnect, forever.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from appliance.config.mqtt import MqttSettings
+from appliance.errors import ApplianceError
+from appliance.transport.rejects import Counters
+from appliance.transport.tls import broker_password, ssl_context
+
+log = logging.getLogger(__name__)
+
+QOS = 1
+
+
+class PacketTooLargeError(ApplianceError):
+    """A message would exceed the broker's or the configured packet limit; it was not sent."""
+
+
+class NotConnectedError(ApplianceError):
+    """The client did not connect within the time asked for."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message from the broker, as handed to a handler."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """The broker's answer to one QoS 1 publish (`ok` False: refused, e.g. not authorized)."""
+
+    topic: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last Will: published by the broker when this node vanishes without saying goodbye."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+Handler = Callable[[Inbound], None]
+Done = Callable[[PublishResult], None]
+
+
+def publish_packet_bytes(topic: str, payload_bytes: int, properties: Properties | None) -> int:
+    """Exact size on the wire of a QoS 1 PUBLISH packet (MQTT v5)."""
+    props = len(properties.pack()) if properties is not None else 1
+    remaining = 2 + len(topic.encode()) + 2 + props + payload_bytes
+    return 1 + _varint_bytes(remaining) + remaining
+
+
+def _varint_bytes(value: int) -> int:
+    count = 1
+    while value >= 128:
+        value //= 128
+        count += 1
+    return count
+
+
+class MqttClient:
+    """A paho client with a worker thread, a packet-size guard and logged reason codes."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        counters: Counters | None = None,
+        tick_s: float = 0.5,
+    ) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.counters = counters or Counters()
+        self._tick_s = tick_s
+        self._broker_limit: int | None = None
+        self._handlers: list[tuple[str, Handler]] = []
+        self._tickers: list[Callable[[], None]] = []
+        self._on_connected: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._pending: dict[int, tuple[str, Done | None]] = {}
+        self._early: dict[int, ReasonCode] = {}
+        self._connected = threading.Event()
+        self._stopping = False
+        self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._worker = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
+        self._paho = self._make_paho(will)
+
+    # ----------------------------------------------------------------- set-up
+    def _make_paho(self, will: Will | None) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
+        client.enable_logger(logging.getLogger("appliance.transport.paho"))
+        client.reconnect_delay_set(1, self.settings.reconnect_max_delay_s)
+        if self.settings.tls is not None:
+            client.tls_set_context(ssl_context(self.settings.tls))
+        if self.settings.username is not None:
+            client.username_pw_set(self.settings.username, broker_password(self.settings))
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=QOS, retain=will.retain)
+        client.on_connect = self._cb_connect
+        client.on_disconnect = self._cb_disconnect
+        client.on_message = self._cb_message
+        client.on_publish = self._cb_publish
+        client.on_subscribe = self._cb_subscribe
+        return client
+
+    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+        """Run `handler` (in the worker thread) for every message matching `topic_filter`.
+
+        Call before `start()`; subscriptions are (re)made on every connect, QoS 1.
+        """
+        self._handlers.append((topic_filter, handler))
+
+    def every_tick(self, ticker: Callable[[], None]) -> None:
+        """Run `ticker` in the worker thread about every `tick_s` seconds."""
+        self._tickers.append(ticker)
+
+    def on_connected(self, listener: Callable[[], None]) -> None:
+        """Run `listener` in the worker thread after every successful (re)connect."""
+        self._on_connected.append(listener)
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects with capped exponential back-off."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        self._paho.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=False,
+            properties=props,
+        )
+        self._worker.start()
+        self._paho.loop_start()
+
+    def stop(self) -> None:
+        """Disconnect cleanly and stop both threads. Unsent work stays in the outbox."""
+        self._stopping = True
+        if self._connected.is_set():
+            self._paho.disconnect()
+        self._paho.loop_stop()
+        self._work.put(None)
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=30)
+
+    # ----------------------------------------------------------------- use
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout_s: float) -> None:
+        if not self._connected.wait(timeout_s):
+            raise NotConnectedError(
+                f"no connection to {self.settings.host}:{self.settings.port} after {timeout_s} s"
+            )
+
+    @property
+    def max_packet_bytes(self) -> int:
+        """Largest packet this client may send now (config cap, lowered by the broker's)."""
+        limit = self.settings.max_packet_bytes
+        return min(limit, self._broker_limit) if self._broker_limit else limit
+
+    def max_payload_bytes(self, topic: str, properties: Properties | None = None) -> int:
+        """Largest payload on `topic` that fits in `max_packet_bytes`."""
+        limit = self.max_packet_bytes
+        payload = limit - publish_packet_bytes(topic, 0, properties)
+        while publish_packet_bytes(topic, payload, properties) > limit:
+            payload -= 1  # the remaining-length field grew by a byte
+        return payload
+
+    def call_soon(self, work: Callable[[], None]) -> None:
+        """Run `work` in the worker thread (how application threads hand over work)."""
+        self._work.put(work)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        on_done: Done | None = None,
+        properties: Properties | None = None,
+    ) -> None:
+        """Publish with QoS 1; `on_done` runs in the worker thread when the broker answers.
+
+        Refuses (PacketTooLargeError) a packet over `max_packet_bytes` instead of letting the
+        broker disconnect us. While disconnected paho keeps the message in RAM and sends it
+        after reconnecting; durability across process restarts is the outbox's job.
+        """
+        size = publish_packet_bytes(topic, len(payload), properties)
+        if size > self.max_packet_bytes:
+            self.counters.inc("refused.too_large")
+            raise PacketTooLargeError(
+                f"message on {topic} would be a {size}-byte packet; the limit is "
+                f"{self.max_packet_bytes} bytes (broker: {self._broker_limit or 'none'}, "
+                f"config: {self.settings.max_packet_bytes})"
+            )
+        info = self._paho.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise ApplianceError(f"paho refused to queue a message on {topic}: {info.rc.name}")
+        with self._lock:
+            early = self._early.pop(info.mid, None)
+            if early is None:
+                self._pending[info.mid] = (topic, on_done)
+        if early is not None:
+            self._work.put(lambda: self._finish(topic, on_done, early))
+
+    # ------------------------------------------------------- paho callbacks
+    # These run in paho's network thread: record, hand over, return.
+    def _cb_connect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self.counters.inc("connect_refused")
+            log.error("broker refused the connection: %s (0x%02x)", reason, reason.value)
+            return
+        limit = getattr(properties, "MaximumPacketSize", None)
+        self._broker_limit = int(limit) if limit else None
+        if self._handlers:
+            self._paho.subscribe([(topic, QOS) for topic, _ in self._handlers])
+        self.counters.inc("connects")
+        log.info(
+            "connected to %s:%s (session %s, broker packet limit %s)",
+            self.settings.host,
+            self.settings.port,
+            "resumed" if flags.session_present else "new",
+            self._broker_limit or "none",
+        )
+        self._connected.set()
+        for listener in self._on_connected:
+            self._work.put(listener)
+
+    def _cb_disconnect(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        if self._connected.is_set() and not self._stopping:
+            self.counters.inc("disconnects")
+            log.warning("disconnected from the broker: %s", reason)
+        self._connected.clear()
+
+    def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
+        self._work.put(lambda: self._dispatch(Inbound(msg.topic, msg.payload, bool(msg.retain))))
+
+    def _cb_publish(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        mid: int,
+        reason: ReasonCode,
+        _properties: Properties | None,
+    ) -> None:
+        # May run before publish() has returned and recorded the mid: park it in _early.
+        with self._lock:
+            pending = self._pending.pop(mid, None)
+            if pending is None:
+                self._early[mid] = reason
+                return
+        topic, on_done = pending
+        self._work.put(lambda: self._finish(topic, on_done, reason))
+
+    def _cb_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: object,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        for (topic, _), reason in zip(self._handlers, reasons, strict=False):
+            if reason.is_failure:
+                self.counters.inc("subscribe_refused")
+                log.error(
+                    "broker refused subscription %s: %s (0x%02x)", topic, reason, reason.value
+                )
+
+    # ------------------------------------------------------- worker thread
+    def _finish(self, topic: str, on_done: Done | None, reason: ReasonCode) -> None:
+        ok = not reason.is_failure
+        if not ok:
+            self.counters.inc("publish_refused")
+            log.error("broker refused publish on %s: %s (0x%02x)", topic, reason, reason.value)
+        if on_done is not None:
+            on_done(PublishResult(topic, ok, str(reason)))
+
+    def _dispatch(self, message: Inbound) -> None:
+        for topic_filter, handler in self._handlers:
+            if paho.topic_matches_sub(topic_filter, message.topic):
+                handler(message)
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self._tick_s
+        while True:
+            try:
+                work = self._work.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                work = _idle
+            if work is None:
+                return
+            self._guarded(work)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + self._tick_s
+                for ticker in self._tickers:
+                    self._guarded(ticker)
+
+    def _guarded(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception:
+            self.counters.inc("handler_errors")
+            log.exception("transport handler failed; continuing")
+
+
+def _idle() -> None:
+    """Nothing to do: the worker woke up only to run its tickers."""

@@ -1,0 +1,94 @@
+"""The client wrapper against a real Mosquitto: publish/subscribe, packet limits, reconnect."""
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from appliance.transport.client import Inbound, MqttClient, PacketTooLargeError, PublishResult
+from tests.support.mosquitto import Mosquitto
+from tests.transport.conftest import WAIT_S, mqtt_settings
+from tests.transport.waiting import wait_for
+
+
+def _collect(client: MqttClient, topic_filter: str) -> list[Inbound]:
+    got: list[Inbound] = []
+    client.subscribe(topic_filter, got.append)
+    return got
+
+
+def test_publish_reaches_subscriber_and_completion_runs_in_worker(
+    broker: Mosquitto, clients: Callable[..., MqttClient]
+) -> None:
+    receiver = clients(mqtt_settings(broker), "rx")
+    got = _collect(receiver, "t/#")
+    receiver.start()
+    receiver.wait_connected(WAIT_S)
+    sender = clients(mqtt_settings(broker), "tx")
+    sender.start()
+    sender.wait_connected(WAIT_S)
+    done: list[tuple[PublishResult, str]] = []
+    for i in range(50):
+        sender.publish(
+            f"t/{i}",
+            b"x" * i,
+            on_done=lambda r: done.append((r, threading.current_thread().name)),
+        )
+    wait_for(lambda: len(done) == 50 and len(got) == 50, "50 completions and 50 messages")
+    assert all(result.ok for result, _ in done)
+    assert {thread for _, thread in done} == {"mqtt-tx"}
+    assert sorted(len(m.payload) for m in got) == list(range(50))
+
+
+def test_broker_packet_limit_from_connack_refuses_locally_without_disconnect(
+    broker_factory: Callable[..., Mosquitto], clients: Callable[..., MqttClient]
+) -> None:
+    broker = broker_factory(max_packet_size=10_000)
+    client = clients(mqtt_settings(broker, max_packet_bytes=1_000_000), "box")
+    got = _collect(client, "big/#")
+    client.start()
+    client.wait_connected(WAIT_S)
+    assert client.max_packet_bytes == 10_000
+    limit = client.max_payload_bytes("big/one")
+    with pytest.raises(PacketTooLargeError, match="limit is 10000 bytes"):
+        client.publish("big/one", b"x" * (limit + 1))
+    client.publish("big/one", b"x" * limit)
+    wait_for(lambda: len(got) == 1, "the largest allowed message")
+    assert client.counters.get("disconnects") == 0
+    assert client.counters.get("refused.too_large") == 1
+
+
+def test_without_broker_limit_the_configured_cap_applies(
+    broker: Mosquitto, clients: Callable[..., MqttClient]
+) -> None:
+    client = clients(mqtt_settings(broker, max_packet_bytes=5000), "box")
+    client.start()
+    client.wait_connected(WAIT_S)
+    assert client.max_packet_bytes == 5000
+    with pytest.raises(PacketTooLargeError):
+        client.publish("a/b", b"x" * 5000)
+
+
+def test_reconnects_after_broker_restart_and_keeps_session(
+    broker_factory: Callable[..., Mosquitto], clients: Callable[..., MqttClient]
+) -> None:
+    broker = broker_factory(persistence=True)
+    receiver = clients(mqtt_settings(broker), "rx")
+    got = _collect(receiver, "s/#")
+    receiver.start()
+    receiver.wait_connected(WAIT_S)
+    receiver.stop()  # offline, but its persistent session keeps queueing QoS 1 messages
+    sender = clients(mqtt_settings(broker), "tx")
+    sender.start()
+    sender.wait_connected(WAIT_S)
+    acked: list[PublishResult] = []
+    sender.publish("s/1", b"queued while rx was away", on_done=acked.append)
+    wait_for(lambda: acked, "PUBACK")
+    broker.restart()
+    wait_for(lambda: sender.counters.get("connects") == 2, "sender reconnect")
+    again = clients(mqtt_settings(broker), "rx")
+    again_got = _collect(again, "s/#")
+    again.start()
+    wait_for(lambda: again_got, "the message queued in the persisted session")
+    assert again_got[0].payload == b"queued while rx was away"
+    assert not got
