@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
     _add_model_commands(commands)
     _add_generate_command(commands)
+    _add_keygen_command(commands)
     return parser
 
 
@@ -95,6 +96,18 @@ def _add_generate_command(commands: Any) -> None:
     )
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.set_defaults(handler=_generate)
+
+
+def _add_keygen_command(commands: Any) -> None:
+    keygen = commands.add_parser("keygen", help="create this node's Ed25519 signing key pair")
+    keygen.add_argument("--out", type=Path, required=True, help="directory for the key files")
+    keygen.add_argument(
+        "--id",
+        dest="node_id",
+        default="node",
+        help="node id: names the files <id>.key (mode 0600) and <id>.pub (default: node)",
+    )
+    keygen.set_defaults(handler=_keygen)
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -178,6 +191,14 @@ def _generate(args: argparse.Namespace) -> int:
         )
     else:
         print(result.text)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from appliance.identity import generate_key_pair
+
+    private, public = generate_key_pair(args.out, args.node_id)
+    print(f"wrote {private} (private, mode 0600) and {public} (copy it to peers' trust dirs)")
     return 0
 
 
