@@ -135,7 +135,7 @@ def read_model_info(path: Path, error: type[ApplianceError]) -> ModelInfo:
 def _file_type_name(value: Any, reader: gguf.GGUFReader) -> str:
     if isinstance(value, int):
         try:
-            return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_")
+            return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
         except ValueError:
             return f"unknown ({value})"
     counts = Counter(t.tensor_type.name for t in reader.tensors if len(t.shape) > 1)

@@ -151,8 +151,13 @@ class Runtime:
         stop: Sequence[str] = (),
         seed: int | None = None,
     ) -> Generation:
-        """Complete `prompt`; the same seed gives the same text on the same model and adapters."""
+        """Complete `prompt`; the same seed gives the same text on the same model and adapters.
+
+        The prompt is evaluated from an empty cache every time: reusing a cached prefix
+        evaluates in other batch shapes, whose rounding differs enough to change samples.
+        """
         with self._lock, _python_output_to_log():
+            self._forget_cache()
             result = self._llm.create_completion(
                 prompt,
                 max_tokens=max_tokens,
