@@ -358,3 +358,14 @@ def test_check_command_json_prints_the_effective_config_without_secrets() -> Non
     assert config["role"] == "aggregator"
     assert config["rounds"]["min_updates"] == 2
     assert config["identity"]["private_key_file"] == "**********"
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is generated; regenerate it when a config model changes."""
+    from appliance.config.reference import render
+
+    committed = (REPO / "docs" / "configuration.md").read_text()
+    assert committed == render(), (
+        "docs/configuration.md is stale: run "
+        "python -m appliance.config.reference > docs/configuration.md"
+    )
