@@ -12,6 +12,7 @@ from appliance.config.mqtt import MqttSettings
 from appliance.config.rounds import RoundSettings
 from appliance.config.storage import PathSettings
 from appliance.config.training import TrainingSettings
+from appliance.config.transfer import OutboxSettings, TransferSettings
 
 
 class EdgeConfig(Section):
@@ -24,6 +25,12 @@ class EdgeConfig(Section):
         default_factory=TrainingSettings, description="LoRA training on the box."
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="Durable outbox bounds."
+    )
+    transfer: TransferSettings = Field(
+        default_factory=TransferSettings, description="Chunked artifact transfer."
+    )
     paths: PathSettings = Field(default_factory=PathSettings, description="State and spool.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
@@ -41,6 +48,12 @@ class AggregatorConfig(Section):
     )
     rounds: RoundSettings = Field(default_factory=RoundSettings, description="Federated rounds.")
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
+    outbox: OutboxSettings = Field(
+        default_factory=OutboxSettings, description="Durable outbox bounds."
+    )
+    transfer: TransferSettings = Field(
+        default_factory=TransferSettings, description="Chunked artifact transfer."
+    )
     paths: PathSettings = Field(default_factory=PathSettings, description="State directory.")
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
