@@ -11,8 +11,8 @@ test:
 	scripts/test.sh
 
 lint: setup
-	.venv/bin/ruff check appliance tests bench scripts
-	.venv/bin/ruff format --check appliance tests bench
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 
 docs: setup
 	.venv/bin/python -m appliance.config.reference > docs/configuration.md

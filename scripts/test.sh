@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/ruff check appliance tests bench scripts
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?
