@@ -217,3 +217,26 @@ def test_runtime_still_works_after_refusals(runtime: Runtime, tmp_path: Path) ->
         with pytest.raises(AdapterError):
             runtime.load_adapter(bad)
     assert np.isfinite(runtime.nll(["still works"]).mean_nll)
+
+
+def test_node_config_licence_policy_applies_to_the_runtime(tmp_path: Path) -> None:
+    from appliance.config import load_config
+
+    model = make_tiny_model(tmp_path / "mit.gguf", license_name="mit")
+    head = 'role = "edge"\n[identity]\nplant_id = "p"\nnode_id = "n"\n[model]\npath = "mit.gguf"\n'
+    (tmp_path / "strict.toml").write_text(head + 'allowed_licenses = ["apache-2.0"]\n')
+    (tmp_path / "open.toml").write_text(head)
+    strict = load_config(tmp_path / "strict.toml")
+    with pytest.raises(ModelError, match=f"{model}: model declares licence 'mit'"):
+        Runtime.from_settings(strict.model)
+    with Runtime.from_settings(load_config(tmp_path / "open.toml").model) as rt:
+        assert rt.info.license == "mit"
+
+
+def test_llama_cpp_messages_reach_the_log(tiny_f32: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.DEBUG, logger="appliance.llama"):
+        Runtime(tiny_f32, context_tokens=256).close()
+    llama_lines = [r.getMessage() for r in caplog.records if r.name == "appliance.llama"]
+    assert any("llama_model_loader" in line or "print_info" in line for line in llama_lines)

@@ -68,3 +68,26 @@ def test_builtin_adapter_changes_output_and_clearing_restores_it(
     finally:
         builtin.clear_adapters()
         builtin.free_adapter(adapter)
+
+
+def test_builtin_swapping_matches_loading_each_fresh(builtin: Runtime, tmp_path: Path) -> None:
+    shapes = attention_shapes(576, 192, 30)
+    paths = {
+        s: write_random_adapter(tmp_path / f"{s}.gguf", shapes, seed=s, b_scale=0.05)
+        for s in (1, 2)
+    }
+    tokens = builtin.tokenize(PROMPT)
+    fresh = {}
+    for seed, path in paths.items():
+        with Runtime("builtin", context_tokens=256, threads=2) as other:
+            other.set_adapters([(other.load_adapter(path), 1.0)])
+            fresh[seed] = other.logits(tokens)[-1]
+    loaded = {seed: builtin.load_adapter(path) for seed, path in paths.items()}
+    try:
+        for seed in (1, 2, 1, 2):
+            builtin.set_adapters([(loaded[seed], 1.0)])
+            np.testing.assert_allclose(builtin.logits(tokens)[-1], fresh[seed], rtol=0, atol=1e-4)
+    finally:
+        builtin.clear_adapters()
+        for adapter in loaded.values():
+            builtin.free_adapter(adapter)

@@ -8,7 +8,7 @@ configured list, is refused unless the operator explicitly allows unlisted licen
 import logging
 from dataclasses import dataclass
 
-from appliance.config.model import DEFAULT_ALLOWED_LICENSES
+from appliance.config.model import DEFAULT_ALLOWED_LICENSES, ModelSettings
 from appliance.errors import ModelError
 from appliance.llm.gguf_file import ModelInfo
 
@@ -21,6 +21,11 @@ class LicensePolicy:
 
     allowed: tuple[str, ...] = DEFAULT_ALLOWED_LICENSES
     allow_unlisted: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> "LicensePolicy":
+        """The policy a node's `[model]` section configures."""
+        return cls(tuple(settings.allowed_licenses), settings.allow_unlisted_license)
 
     def check(self, info: ModelInfo) -> None:
         """Raise `ModelError` if the model's licence is not allowed (and not overridden)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config.model import ModelSettings
 from appliance.errors import AdapterError, ModelError
 from appliance.llm.adapters import AdapterFile, check_adapter_fits, read_adapter
 from appliance.llm.builtin import resolve_model_path
@@ -108,6 +109,17 @@ class Runtime:
             self.info.file_type,
             self.info.sha256,
             self.info.license or "none",
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ModelSettings) -> "Runtime":
+        """The runtime a node's `[model]` section describes, licence policy included."""
+        return cls(
+            settings.model_path(),
+            context_tokens=settings.context_tokens,
+            threads=settings.threads,
+            gpu_layers=settings.gpu_layers,
+            policy=LicensePolicy.from_settings(settings),
         )
 
     def _load(self, path: Path, n_ctx: int, threads: int, gpu_layers: int) -> "llama_cpp.Llama":
