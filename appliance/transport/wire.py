@@ -122,11 +122,11 @@ def seal(message: WireModel, key: NodeKey) -> bytes:
 def open_envelope(payload: bytes, writer: str, trust: TrustStore, schema: type[M]) -> M:
     """Verify that `writer` (the topic's writer level) signed `payload`; parse its body.
 
-    Raises `RejectedError` with reason `oversize`, `malformed`, `unknown_signer`,
+    Raises `RejectedError` with reason `too_large`, `malformed`, `unknown_signer`,
     `bad_signature` or `invalid`.
     """
     if len(payload) > MAX_CONTROL_BYTES:
-        raise RejectedError("oversize", f"{len(payload)} bytes > {MAX_CONTROL_BYTES}")
+        raise RejectedError("too_large", f"{len(payload)} bytes > {MAX_CONTROL_BYTES}")
     try:
         envelope = Envelope.model_validate_json(payload)
     except ValidationError as exc:
