@@ -11,6 +11,10 @@ QoS 1 messages queued by the broker survive reconnects and broker restarts. It n
 packet larger than the smaller of the configured cap and the broker's CONNACK
 `MaximumPacketSize`: paho does not enforce the broker's limit, and an oversize QoS 1 message
 would be re-sent after every reconnect, forever.
+
+Sparkplug B needs the opposite session: `clean_start=True` gives a fresh session on every
+connect, and `will_factory` builds the Last Will anew before every CONNECT (its payload
+carries a per-connect `bdSeq`).
 """
 
 import logging
@@ -99,6 +103,8 @@ class MqttClient:
         client_id: str,
         *,
         will: Will | None = None,
+        will_factory: Callable[[], Will] | None = None,
+        clean_start: bool = False,
         counters: Counters | None = None,
         tick_s: float = 0.5,
     ) -> None:
@@ -106,6 +112,8 @@ class MqttClient:
         self.client_id = client_id
         self.counters = counters or Counters()
         self._tick_s = tick_s
+        self._clean_start = clean_start
+        self._will_factory = will_factory
         self._broker_limit: int | None = None
         self._handlers: list[tuple[str, Handler]] = []
         self._tickers: list[Callable[[], None]] = []
@@ -132,6 +140,8 @@ class MqttClient:
             client.username_pw_set(self.settings.username, broker_password(self.settings))
         if will is not None:
             client.will_set(will.topic, will.payload, qos=QOS, retain=will.retain)
+        if self._will_factory is not None:
+            client.on_pre_connect = self._cb_pre_connect
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
         client.on_message = self._cb_message
@@ -157,12 +167,12 @@ class MqttClient:
     def start(self) -> None:
         """Connect in the background; paho reconnects with capped exponential back-off."""
         props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.SessionExpiryInterval = 0 if self._clean_start else self.settings.session_expiry_s
         self._paho.connect_async(
             self.settings.host,
             self.settings.port,
             keepalive=self.settings.keepalive_s,
-            clean_start=False,
+            clean_start=self._clean_start,
             properties=props,
         )
         self._worker.start()
@@ -215,12 +225,14 @@ class MqttClient:
         retain: bool = False,
         on_done: Done | None = None,
         properties: Properties | None = None,
+        qos: int = QOS,
     ) -> None:
-        """Publish with QoS 1; `on_done` runs in the worker thread when the broker answers.
+        """Publish (QoS 1 unless asked); `on_done` runs in the worker thread when answered.
 
         Refuses (PacketTooLargeError) a packet over `max_packet_bytes` instead of letting the
         broker disconnect us. While disconnected paho keeps the message in RAM and sends it
-        after reconnecting; durability across process restarts is the outbox's job.
+        after reconnecting; durability across process restarts is the outbox's job. QoS 0
+        (Sparkplug NBIRTH/NDATA) is dropped while disconnected: `on_done` then gets `ok` False.
         """
         size = publish_packet_bytes(topic, len(payload), properties)
         if size > self.max_packet_bytes:
@@ -230,9 +242,14 @@ class MqttClient:
                 f"{self.max_packet_bytes} bytes (broker: {self._broker_limit or 'none'}, "
                 f"config: {self.settings.max_packet_bytes})"
             )
-        info = self._paho.publish(topic, payload, qos=QOS, retain=retain, properties=properties)
+        info = self._paho.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise ApplianceError(f"paho refused to queue a message on {topic}: {info.rc.name}")
+        if qos == 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            self.counters.inc("dropped.not_connected")
+            if on_done is not None:
+                self._work.put(lambda: on_done(PublishResult(topic, False, "not connected")))
+            return
         with self._lock:
             early = self._early.pop(info.mid, None)
             if early is None:
@@ -242,6 +259,12 @@ class MqttClient:
 
     # ------------------------------------------------------- paho callbacks
     # These run in paho's network thread: record, hand over, return.
+    def _cb_pre_connect(self, client: paho.Client, _userdata: object) -> None:
+        if self._will_factory is None:
+            return
+        will = self._will_factory()
+        client.will_set(will.topic, will.payload, qos=QOS, retain=will.retain)
+
     def _cb_connect(
         self,
         _client: paho.Client,
