@@ -29,6 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from appliance.config.mqtt import MqttSettings
 from appliance.errors import ApplianceError
@@ -280,7 +281,10 @@ class MqttClient:
         limit = getattr(properties, "MaximumPacketSize", None)
         self._broker_limit = int(limit) if limit else None
         if self._handlers:
-            self._paho.subscribe([(topic, QOS) for topic, _ in self._handlers])
+            # noLocal: the broker does not echo our own messages (a sender would get back
+            # every chunk it publishes on a topic it also listens to).
+            options = SubscribeOptions(qos=QOS, noLocal=True)
+            self._paho.subscribe([(topic, options) for topic, _ in self._handlers])
         self.counters.inc("connects")
         log.info(
             "connected to %s:%s (session %s, broker packet limit %s)",

@@ -112,6 +112,11 @@ def main(config_path: str) -> None:
         ),
     )
     _emit("started", outbox=node.outbox.count(), partial=node.receiver.progress())
+    for number in range(config.get("messages", 0)):
+        topic = Topics(PLANT).message(key.node_id, "test")
+        node.sender.send_message(topic, json.dumps({"n": number}).encode())
+    if config.get("messages"):
+        _emit("messages_queued", count=config["messages"])
     if config.get("send"):
         artifact_id = node.sender.send_artifact(
             "update", Path(config["send"]), config["recipients"]

@@ -17,6 +17,24 @@ def _collect(client: MqttClient, topic_filter: str) -> list[Inbound]:
     return got
 
 
+def test_own_messages_are_not_echoed_back(
+    broker: Mosquitto, clients: Callable[..., MqttClient]
+) -> None:
+    client = clients(mqtt_settings(broker), "echo")
+    own = _collect(client, "e/#")
+    client.start()
+    client.wait_connected(WAIT_S)
+    other = clients(mqtt_settings(broker), "other")
+    other.start()
+    other.wait_connected(WAIT_S)
+    done: list[PublishResult] = []
+    client.publish("e/mine", b"1", on_done=done.append)
+    wait_for(lambda: done, "PUBACK of our own message")
+    other.publish("e/theirs", b"2")
+    wait_for(lambda: own, "the other client's message")
+    assert [m.topic for m in own] == ["e/theirs"]
+
+
 def test_publish_reaches_subscriber_and_completion_runs_in_worker(
     broker: Mosquitto, clients: Callable[..., MqttClient]
 ) -> None:
@@ -44,8 +62,11 @@ def test_broker_packet_limit_from_connack_refuses_locally_without_disconnect(
     broker_factory: Callable[..., Mosquitto], clients: Callable[..., MqttClient]
 ) -> None:
     broker = broker_factory(max_packet_size=10_000)
+    listener = clients(mqtt_settings(broker), "listener")
+    got = _collect(listener, "big/#")
+    listener.start()
+    listener.wait_connected(WAIT_S)
     client = clients(mqtt_settings(broker, max_packet_bytes=1_000_000), "box")
-    got = _collect(client, "big/#")
     client.start()
     client.wait_connected(WAIT_S)
     assert client.max_packet_bytes == 10_000
@@ -56,6 +77,7 @@ def test_broker_packet_limit_from_connack_refuses_locally_without_disconnect(
     wait_for(lambda: len(got) == 1, "the largest allowed message")
     assert client.counters.get("disconnects") == 0
     assert client.counters.get("refused.too_large") == 1
+    assert "disconnected" not in broker.log_text()
 
 
 def test_without_broker_limit_the_configured_cap_applies(
