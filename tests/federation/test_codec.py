@@ -172,9 +172,7 @@ def test_error_feedback_sent_plus_residual_equals_the_true_sum(
             true_a[name] += delta.a
             sent_a[name] += update.deltas[name].a
     for name, total in true_sum.items():
-        np.testing.assert_allclose(
-            sent_sum[name] + feedback.residual[name].b, total, atol=1e-5
-        )
+        np.testing.assert_allclose(sent_sum[name] + feedback.residual[name].b, total, atol=1e-5)
         np.testing.assert_allclose(
             sent_a[name] + feedback.residual[name].a, true_a[name], atol=1e-5
         )

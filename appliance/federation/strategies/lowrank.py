@@ -1,0 +1,89 @@
+"""A sum of low-rank products kept as factors, never as the dense matrix.
+
+sum_j P_j Q_j is held as [P_1 ... P_n] [Q_1; ...; Q_n]. Its SVD comes from QR of both stacks
+and an SVD of the small core (research note: cost O((d + k) m^2) for stacked rank m). When the
+stack grows past `max_rank` it is compressed to its best rank max_rank/2, so memory stays
+bounded however many products are added; the norm of everything dropped that way is tracked.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """Best rank-r factors of the sum and how much of it they miss."""
+
+    left: np.ndarray
+    right: np.ndarray
+    relative_error: float
+    streaming_error_bound: float
+
+
+class LowRankSum:
+    """Running sum of products P (d, r_j) @ Q (r_j, k)."""
+
+    def __init__(self, rows: int, cols: int, max_rank: int) -> None:
+        if max_rank < 2:
+            raise ValueError("max_rank must be at least 2")
+        self.max_rank = max_rank
+        self._left = np.zeros((rows, max_rank), np.float64)
+        self._right = np.zeros((max_rank, cols), np.float64)
+        self._used = 0
+        self._dropped_norm = 0.0
+
+    def add(self, left: np.ndarray, right: np.ndarray) -> None:
+        """Add left @ right (compressing first if the stack would overflow)."""
+        rank = left.shape[1]
+        if rank > self.max_rank // 2:
+            raise ValueError(f"a product of rank {rank} exceeds max_rank/2 = {self.max_rank // 2}")
+        if self._used + rank > self.max_rank:
+            self._compress(self.max_rank // 2)
+        self._left[:, self._used : self._used + rank] = left
+        self._right[self._used : self._used + rank] = right
+        self._used += rank
+
+    def _svd(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        left, right = self._left[:, : self._used], self._right[: self._used]
+        q1, r1 = np.linalg.qr(left)
+        q2, r2 = np.linalg.qr(right.T)
+        u, s, vt = np.linalg.svd(r1 @ r2.T)
+        return q1 @ u, s, vt @ q2.T
+
+    def _compress(self, keep: int) -> None:
+        u, s, vt = self._svd()
+        self._dropped_norm += float(np.sqrt(np.sum(s[keep:] ** 2)))
+        kept = min(keep, len(s))
+        self._left[:] = 0
+        self._right[:] = 0
+        self._left[:, :kept] = u[:, :kept] * s[:kept]
+        self._right[:kept] = vt[:kept]
+        self._used = kept
+
+    def truncate(self, rank: int, scale: float = 1.0) -> Truncated:
+        """Best rank-`rank` factors of scale * sum, split evenly between B and A."""
+        u, s, vt = self._svd()
+        s = s * abs(scale)
+        u = u * np.sign(scale)
+        total = float(np.sqrt(np.sum(s**2)))
+        bound = self._dropped_norm * abs(scale) / total if total > 0 else 0.0
+        return _split(u, s, vt, rank, bound)
+
+
+def truncate_dense(matrix: np.ndarray, rank: int) -> Truncated:
+    """Best rank-`rank` factors of a dense matrix (for statistics that need the dense value)."""
+    u, s, vt = np.linalg.svd(matrix.astype(np.float64), full_matrices=False)
+    return _split(u, s, vt, rank, 0.0)
+
+
+def _split(u: np.ndarray, s: np.ndarray, vt: np.ndarray, rank: int, bound: float) -> Truncated:
+    """Keep the top `rank` singular triplets as B = U sqrt(S), A = sqrt(S) V^T (zero-padded)."""
+    total = float(np.sqrt(np.sum(s**2)))
+    tail = float(np.sqrt(np.sum(s[rank:] ** 2)))
+    root = np.sqrt(s[:rank])
+    left = np.zeros((u.shape[0], rank))
+    right = np.zeros((rank, vt.shape[1]))
+    left[:, : len(root)] = u[:, :rank] * root
+    right[: len(root)] = root[:, None] * vt[:rank]
+    return Truncated(left, right, tail / total if total > 0 else 0.0, bound)
