@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
     _add_model_commands(commands)
     _add_generate_command(commands)
+    _add_audit_command(commands)
     _add_keygen_command(commands)
     return parser
 
@@ -108,6 +109,26 @@ def _add_keygen_command(commands: Any) -> None:
         help="node id: names the files <id>.key (mode 0600) and <id>.pub (default: node)",
     )
     keygen.set_defaults(handler=_keygen)
+
+
+def _add_audit_command(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="check the aggregator's audit log")
+    sub = audit.add_subparsers(title="audit commands", metavar="COMMAND")
+    verify = sub.add_parser("verify", help="verify the hash chain of an audit log")
+    verify.add_argument("file", type=Path, help="audit log (JSON Lines)")
+    verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.set_defaults(handler=_audit_verify)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from appliance.federation.audit import verify
+
+    head = verify(args.file)
+    if args.json:
+        _print_json({"ok": True, "lines": head.seq, "head": head.hash})
+    else:
+        print(f"{args.file}: {head.seq} lines, chain intact, head {head.hash}")
+    return 0
 
 
 def _config_check(args: argparse.Namespace) -> int:
