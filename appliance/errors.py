@@ -27,3 +27,11 @@ class AdapterError(ApplianceError):
 
 class DependencyError(ApplianceError):
     """An installed dependency differs from the one this version was built against."""
+
+
+class DataError(ApplianceError):
+    """Training or evaluation data cannot be used (missing file, or no valid record left)."""
+
+
+class TrainingError(ApplianceError):
+    """A training run could not start or did not finish (the reason says which and why)."""

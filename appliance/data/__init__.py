@@ -1,0 +1,1 @@
+"""Plant data on the box: JSON Lines records, held-out split, token windows for training."""

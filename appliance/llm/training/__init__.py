@@ -1,0 +1,1 @@
+"""LoRA training through llama.cpp: the in-process engine, its worker process and supervisor."""

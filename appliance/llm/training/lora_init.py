@@ -1,0 +1,83 @@
+"""Starting factors of a LoRA adapter: which base weights get one, and their initial A and B.
+
+A is derived from (seed, tensor name, shape) alone, so every box with the same seed builds
+the same A without it ever being sent: with A frozen, boxes train only B and their updates
+add up exactly. The values come from SHA-256 in counter mode turned into a uniform
+distribution with variance 1/n_in (PEFT's Kaiming-uniform scale) using only exact integer
+and power-of-two arithmetic - bit-identical on every machine and numpy version.
+B starts at zero, so a new adapter leaves the model's output unchanged.
+"""
+
+import hashlib
+import re
+
+import numpy as np
+
+from appliance.errors import TrainingError
+from appliance.llm.adapters import AdapterFile, LoraFactors
+
+_BLOCK_WEIGHT = re.compile(r"blk\.(\d+)\.([a-z0-9_]+)\.weight")
+
+
+def target_shapes(
+    base_shapes: dict[str, tuple[int, ...]], targets: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Base weights named `blk.N.<target>.weight`, with their numpy (n_out, n_in) shape."""
+    found: dict[str, tuple[int, int]] = {}
+    present: set[str] = set()
+    for name, shape in base_shapes.items():
+        match = _BLOCK_WEIGHT.fullmatch(name)
+        if match and len(shape) == 2:
+            present.add(match.group(2))
+            if match.group(2) in targets:
+                found[name] = (int(shape[0]), int(shape[1]))
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise TrainingError(
+            f"the model has no block weight named {', '.join(missing)}; "
+            f"its linear weights are {', '.join(sorted(present))}"
+        )
+    return dict(sorted(found.items(), key=lambda item: _layer_order(item[0])))
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    match = _BLOCK_WEIGHT.fullmatch(name)
+    return (int(match.group(1)), name) if match else (-1, name)
+
+
+def derived_a(seed: int, name: str, rank: int, n_in: int) -> np.ndarray:
+    """A (rank, n_in) from SHA-256(seed, name, shape): same inputs, same bits everywhere."""
+    count = rank * n_in
+    key = f"appliance-lora-a/v1/{seed}/{name}/{rank}x{n_in}".encode()
+    blocks = (count * 8 + 31) // 32
+    stream = b"".join(hashlib.sha256(key + i.to_bytes(8, "little")).digest() for i in range(blocks))
+    words = np.frombuffer(stream[: count * 8], dtype="<u8") >> np.uint64(11)
+    unit = words.astype(np.float64) * 2.0**-53  # exact: 53-bit integers
+    bound = np.sqrt(3.0 / n_in)
+    return ((2.0 * unit - 1.0) * bound).astype(np.float32).reshape(rank, n_in)
+
+
+def initial_factors(shapes: dict[str, tuple[int, int]], rank: int, seed: int) -> LoraFactors:
+    """Derived A and zero B for every target weight."""
+    return {
+        name: (derived_a(seed, name, rank, n_in), np.zeros((n_out, rank), dtype=np.float32))
+        for name, (n_out, n_in) in shapes.items()
+    }
+
+
+def factors_from_adapter(
+    adapter: AdapterFile, shapes: dict[str, tuple[int, int]], rank: int, alpha: float
+) -> LoraFactors:
+    """Continue from an existing adapter (e.g. the current global one): it must be the one
+    these settings would build - same weights, rank and alpha."""
+    if set(adapter.factors) != set(shapes):
+        raise TrainingError(
+            "the starting adapter adapts other weights than the training targets "
+            f"({len(adapter.factors)} in the adapter, {len(shapes)} targeted)"
+        )
+    if adapter.rank != rank or adapter.alpha != alpha:
+        raise TrainingError(
+            f"the starting adapter has rank {adapter.rank} and alpha {adapter.alpha}, "
+            f"the settings ask for rank {rank} and alpha {alpha}"
+        )
+    return {name: adapter.factors[name] for name in shapes}
