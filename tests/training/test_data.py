@@ -29,7 +29,7 @@ GOOD_PAIR = b'{"prompt": "alarm E42?", "completion": "clear the magazine"}\n'
         ),
         (b'{"text": "a", "extra": 1}\n', 'got {"extra", "text"}'),
         (b"{}\n", "got an empty object"),
-        (b'{"text": "caf\xe9"}\n', "line 2: not valid UTF-8 (byte 12)"),
+        (b'{"text": "caf\xe9"}\n', "line 2: not valid UTF-8 (byte 13)"),
         (b'{"text": "' + b"x" * 2000 + b'"}\n', "line 2: line is 2013 bytes, more than 1000"),
     ],
 )
