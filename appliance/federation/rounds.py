@@ -1,0 +1,281 @@
+"""The aggregator's round state in SQLite: what is open, what arrived, when it closes.
+
+Everything is committed before it is acknowledged (WAL, synchronous=FULL), so `kill -9` and a
+restart continue the same round with every accepted update, and an update offered twice (a
+box retrying after a lost ack) counts once. Closing rules: a round closes as soon as
+`min_updates` arrived; at its deadline it closes with at least `min_updates_at_deadline`,
+otherwise it is extended once and then abandoned. Late updates are refused with the reason.
+"""
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    global_version INTEGER NOT NULL,
+    plan TEXT NOT NULL,
+    participants TEXT NOT NULL,
+    min_updates INTEGER NOT NULL,
+    min_updates_at_deadline INTEGER NOT NULL,
+    deadline_s REAL NOT NULL,
+    opened_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    extended INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'abandoned', 'aggregated')),
+    closed_at REAL,
+    close_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS updates (
+    round_id TEXT NOT NULL REFERENCES rounds(round_id),
+    node_id TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    sample_count INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    blob BLOB NOT NULL,
+    PRIMARY KEY (round_id, node_id)
+);
+"""
+
+
+class RoundState(StrEnum):
+    """Where a round is in its life."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+    ABANDONED = "abandoned"
+    AGGREGATED = "aggregated"
+
+
+class Verdict(StrEnum):
+    """What happened to an offered update."""
+
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The answer to an offered update, with the reason when it was refused."""
+
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What the aggregator decides when it opens a round."""
+
+    round_id: str
+    global_version: int
+    plan: dict[str, Any]
+    participants: tuple[str, ...]
+    min_updates: int
+    min_updates_at_deadline: int
+    deadline_s: float
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round as stored."""
+
+    round_id: str
+    seq: int
+    global_version: int
+    plan: dict[str, Any]
+    participants: tuple[str, ...]
+    min_updates: int
+    min_updates_at_deadline: int
+    deadline_s: float
+    opened_at: float
+    deadline: float
+    extended: bool
+    state: RoundState
+    close_reason: str | None
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    """An accepted update as the aggregator keeps it."""
+
+    node_id: str
+    sha256: str
+    sample_count: int
+    blob: bytes
+
+
+class RoundStore:
+    """Round and update records in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def open_round(self, spec: "RoundSpec", now: float) -> Round:
+        """Start a round; only one may be open at a time."""
+        if self.current() is not None:
+            raise ValueError("a round is already open")
+        seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM rounds").fetchone()[0])
+        self._db.execute(
+            "INSERT INTO rounds (round_id, seq, global_version, plan, participants, min_updates,"
+            " min_updates_at_deadline, deadline_s, opened_at, deadline, state)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')",
+            (
+                spec.round_id,
+                seq,
+                spec.global_version,
+                json.dumps(spec.plan),
+                json.dumps(list(spec.participants)),
+                spec.min_updates,
+                spec.min_updates_at_deadline,
+                spec.deadline_s,
+                now,
+                now + spec.deadline_s,
+            ),
+        )
+        return self.get(spec.round_id)
+
+    def get(self, round_id: str) -> Round:
+        """A round by id (`KeyError` if unknown)."""
+        row = self._db.execute("SELECT * FROM rounds WHERE round_id = ?", (round_id,)).fetchone()
+        if row is None:
+            raise KeyError(round_id)
+        return _round(row)
+
+    def current(self) -> Round | None:
+        """The open round, if any."""
+        row = self._db.execute("SELECT * FROM rounds WHERE state = 'open'").fetchone()
+        return _round(row) if row else None
+
+    def latest(self) -> Round | None:
+        """The most recent round in any state."""
+        row = self._db.execute("SELECT * FROM rounds ORDER BY seq DESC LIMIT 1").fetchone()
+        return _round(row) if row else None
+
+    def offer(self, round_id: str, update: StoredUpdate, now: float) -> Offer:
+        """Record an update once; refuse it with a reason when it cannot count."""
+        try:
+            round_ = self.get(round_id)
+        except KeyError:
+            return Offer(Verdict.REJECTED, f"unknown round {round_id!r}")
+        if update.node_id not in round_.participants:
+            return Offer(Verdict.REJECTED, f"{update.node_id} is not a participant of {round_id}")
+        existing = self._db.execute(
+            "SELECT sha256 FROM updates WHERE round_id = ? AND node_id = ?",
+            (round_id, update.node_id),
+        ).fetchone()
+        if existing is not None:
+            if existing[0] == update.sha256:
+                return Offer(Verdict.DUPLICATE, "already accepted; counted once")
+            return Offer(Verdict.REJECTED, f"{update.node_id} already sent another update")
+        if round_.state != RoundState.OPEN:
+            return Offer(Verdict.REJECTED, f"late: round {round_id} is {round_.state.value}")
+        self._db.execute(
+            "INSERT INTO updates VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                round_id,
+                update.node_id,
+                update.sha256,
+                update.sample_count,
+                len(update.blob),
+                now,
+                update.blob,
+            ),
+        )
+        return Offer(Verdict.ACCEPTED)
+
+    def count(self, round_id: str) -> int:
+        """Accepted updates of a round."""
+        query = "SELECT COUNT(*) FROM updates WHERE round_id = ?"
+        return int(self._db.execute(query, (round_id,)).fetchone()[0])
+
+    def updates(self, round_id: str) -> Iterator[StoredUpdate]:
+        """Accepted updates, one at a time (aggregation streams them)."""
+        cursor = self._db.execute(
+            "SELECT node_id, sha256, sample_count, blob FROM updates WHERE round_id = ?"
+            " ORDER BY received_at, node_id",
+            (round_id,),
+        )
+        for node_id, sha, samples, blob in cursor:
+            yield StoredUpdate(node_id, sha, samples, bytes(blob))
+
+    def advance(self, now: float) -> Round | None:
+        """Apply the closing rules to the open round; returns it if its state changed."""
+        round_ = self.current()
+        if round_ is None:
+            return None
+        arrived = self.count(round_.round_id)
+        if arrived >= round_.min_updates:
+            return self._finish(round_, RoundState.CLOSED, f"{arrived} updates arrived", now)
+        if now < round_.deadline:
+            return None
+        if arrived >= round_.min_updates_at_deadline:
+            return self._finish(round_, RoundState.CLOSED, f"deadline with {arrived} updates", now)
+        if not round_.extended:
+            self._db.execute(
+                "UPDATE rounds SET extended = 1, deadline = ? WHERE round_id = ?",
+                (now + round_.deadline_s, round_.round_id),
+            )
+            return self.get(round_.round_id)
+        reason = f"abandoned: {arrived} updates after an extended deadline"
+        return self._finish(round_, RoundState.ABANDONED, reason, now)
+
+    def mark_aggregated(self, round_id: str) -> None:
+        """The round's global adapter is published."""
+        self._db.execute("UPDATE rounds SET state = 'aggregated' WHERE round_id = ?", (round_id,))
+
+    def _finish(self, round_: Round, state: RoundState, reason: str, now: float) -> Round:
+        self._db.execute(
+            "UPDATE rounds SET state = ?, closed_at = ?, close_reason = ? WHERE round_id = ?",
+            (state.value, now, reason, round_.round_id),
+        )
+        return self.get(round_.round_id)
+
+
+def _round(row: tuple[Any, ...]) -> Round:
+    (
+        round_id,
+        seq,
+        version,
+        plan,
+        participants,
+        min_updates,
+        at_deadline,
+        deadline_s,
+        opened_at,
+        deadline,
+        extended,
+        state,
+        _closed_at,
+        reason,
+    ) = row
+    return Round(
+        round_id,
+        seq,
+        version,
+        json.loads(plan),
+        tuple(json.loads(participants)),
+        min_updates,
+        at_deadline,
+        deadline_s,
+        opened_at,
+        deadline,
+        bool(extended),
+        RoundState(state),
+        reason,
+    )

@@ -1,0 +1,139 @@
+"""Round state: closing rules, exactly-once updates, late refusals, survival of kill -9."""
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.federation.rounds import RoundSpec, RoundState, RoundStore, StoredUpdate, Verdict
+
+BOXES = ("box0", "box1", "box2", "box3")
+
+
+def spec(round_id: str = "r1", min_updates: int = 3, at_deadline: int = 2) -> RoundSpec:
+    return RoundSpec(round_id, 4, {"rank": 8}, BOXES, min_updates, at_deadline, 100.0)
+
+
+def update(node: str, sha: str = "a" * 64) -> StoredUpdate:
+    return StoredUpdate(node, sha, 10, b"blob-" + node.encode())
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RoundStore:
+    db = RoundStore(tmp_path / "rounds.sqlite")
+    yield db  # type: ignore[misc]
+    db.close()
+
+
+def test_round_closes_when_k_updates_arrived(store: RoundStore) -> None:
+    store.open_round(spec(), now=0)
+    for node in BOXES[:2]:
+        assert store.offer("r1", update(node), now=1).verdict == Verdict.ACCEPTED
+    assert store.advance(now=2) is None
+    store.offer("r1", update("box2"), now=3)
+    closed = store.advance(now=4)
+    assert closed is not None and closed.state == RoundState.CLOSED
+    assert closed.close_reason == "3 updates arrived"
+    assert [u.node_id for u in store.updates("r1")] == ["box0", "box1", "box2"]
+
+
+def test_late_update_for_a_closed_round_is_refused(store: RoundStore) -> None:
+    store.open_round(spec(min_updates=1), now=0)
+    store.offer("r1", update("box0"), now=1)
+    store.advance(now=2)
+    offer = store.offer("r1", update("box1"), now=3)
+    assert offer.verdict == Verdict.REJECTED
+    assert offer.reason == "late: round r1 is closed"
+
+
+def test_deadline_with_the_minimum_closes(store: RoundStore) -> None:
+    store.open_round(spec(), now=0)
+    store.offer("r1", update("box0"), now=1)
+    store.offer("r1", update("box1"), now=1)
+    closed = store.advance(now=100)
+    assert closed is not None and closed.close_reason == "deadline with 2 updates"
+
+
+def test_deadline_without_the_minimum_extends_once_then_abandons(store: RoundStore) -> None:
+    store.open_round(spec(), now=0)
+    store.offer("r1", update("box0"), now=1)
+    extended = store.advance(now=100)
+    assert extended is not None and extended.extended and extended.state == RoundState.OPEN
+    assert extended.deadline == 200
+    assert store.advance(now=150) is None
+    abandoned = store.advance(now=200)
+    assert abandoned is not None and abandoned.state == RoundState.ABANDONED
+    assert abandoned.close_reason == "abandoned: 1 updates after an extended deadline"
+    assert store.current() is None
+
+
+def test_each_box_counts_once_per_round(store: RoundStore) -> None:
+    store.open_round(spec(), now=0)
+    assert store.offer("r1", update("box0"), now=1).verdict == Verdict.ACCEPTED
+    again = store.offer("r1", update("box0"), now=2)
+    assert (again.verdict, again.reason) == (Verdict.DUPLICATE, "already accepted; counted once")
+    other = store.offer("r1", update("box0", sha="b" * 64), now=3)
+    assert other.verdict == Verdict.REJECTED and "already sent another update" in other.reason
+    assert store.count("r1") == 1
+
+
+def test_unknown_round_and_non_participant_are_refused(store: RoundStore) -> None:
+    store.open_round(spec(), now=0)
+    assert store.offer("r9", update("box0"), now=1).reason == "unknown round 'r9'"
+    assert (
+        store.offer("r1", update("intruder"), now=1).reason == "intruder is not a participant of r1"
+    )
+
+
+def test_only_one_round_is_open_and_sequence_numbers_grow(store: RoundStore) -> None:
+    first = store.open_round(spec("r1", min_updates=1), now=0)
+    with pytest.raises(ValueError, match="already open"):
+        store.open_round(spec("r2"), now=0)
+    store.offer("r1", update("box0"), now=1)
+    store.advance(now=1)
+    store.mark_aggregated("r1")
+    second = store.open_round(spec("r2"), now=2)
+    assert (first.seq, second.seq) == (1, 2)
+    assert store.get("r1").state == RoundState.AGGREGATED
+    assert store.latest() == second
+
+
+def test_kill_9_mid_round_loses_no_accepted_update(tmp_path: Path) -> None:
+    db = tmp_path / "rounds.sqlite"
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "tests.federation.round_writer", str(db), "40"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    acknowledged = []
+    assert writer.stdout is not None
+    for line in writer.stdout:
+        verdict, node = line.split()
+        assert verdict == "accepted"
+        acknowledged.append(node)
+        if len(acknowledged) == 12:
+            break
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    store = RoundStore(db)
+    try:
+        round_ = store.current()
+        assert round_ is not None and round_.round_id == "r1"
+        stored = {u.node_id: u for u in store.updates("r1")}
+        assert set(acknowledged) <= set(stored)
+        for node in acknowledged:
+            i = int(node.removeprefix("box"))
+            assert stored[node].blob == b"x" * 1000 * (i + 1)
+            assert (
+                store.offer("r1", StoredUpdate(node, f"{i:064x}", 10 + i, b""), now=0).verdict
+                == Verdict.DUPLICATE
+            )
+        for i in range(40):
+            store.offer("r1", StoredUpdate(f"box{i}", f"{i:064x}", 10 + i, b"y"), now=0)
+        assert store.count("r1") == 40
+        closed = store.advance(now=1)
+        assert closed is not None and closed.state == RoundState.CLOSED
+    finally:
+        store.close()
