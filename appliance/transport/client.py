@@ -124,6 +124,7 @@ class MqttClient:
         self._early: dict[int, ReasonCode] = {}
         self._connected = threading.Event()
         self._stopping = False
+        self._subscribe_mid: int | None = None
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
         self._paho = self._make_paho(will)
@@ -192,6 +193,7 @@ class MqttClient:
     # ----------------------------------------------------------------- use
     @property
     def connected(self) -> bool:
+        """Connected and subscribed (the SUBACK arrived)."""
         return self._connected.is_set()
 
     def wait_connected(self, timeout_s: float) -> None:
@@ -280,11 +282,6 @@ class MqttClient:
             return
         limit = getattr(properties, "MaximumPacketSize", None)
         self._broker_limit = int(limit) if limit else None
-        if self._handlers:
-            # noLocal: the broker does not echo our own messages (a sender would get back
-            # every chunk it publishes on a topic it also listens to).
-            options = SubscribeOptions(qos=QOS, noLocal=True)
-            self._paho.subscribe([(topic, options) for topic, _ in self._handlers])
         self.counters.inc("connects")
         log.info(
             "connected to %s:%s (session %s, broker packet limit %s)",
@@ -293,6 +290,18 @@ class MqttClient:
             "resumed" if flags.session_present else "new",
             self._broker_limit or "none",
         )
+        if not self._handlers:
+            self._ready()
+            return
+        # noLocal: the broker does not echo our own messages (a sender would get back every
+        # chunk it publishes on a topic it also listens to). We count as connected only once
+        # the SUBACK is in, so nothing is published before our answers can reach us.
+        options = SubscribeOptions(qos=QOS, noLocal=True)
+        _, self._subscribe_mid = self._paho.subscribe(
+            [(topic, options) for topic, _ in self._handlers]
+        )
+
+    def _ready(self) -> None:
         self._connected.set()
         for listener in self._on_connected:
             self._work.put(listener)
@@ -334,7 +343,7 @@ class MqttClient:
         self,
         _client: paho.Client,
         _userdata: object,
-        _mid: int,
+        mid: int,
         reasons: list[ReasonCode],
         _properties: Properties | None,
     ) -> None:
@@ -344,6 +353,8 @@ class MqttClient:
                 log.error(
                     "broker refused subscription %s: %s (0x%02x)", topic, reason, reason.value
                 )
+        if mid == self._subscribe_mid:
+            self._ready()
 
     # ------------------------------------------------------- worker thread
     def _finish(self, topic: str, on_done: Done | None, reason: ReasonCode) -> None:
