@@ -146,6 +146,7 @@ class MqttClient:
             client.on_pre_connect = self._cb_pre_connect
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
+        client.on_connect_fail = self._cb_connect_fail
         client.on_message = self._cb_message
         client.on_publish = self._cb_publish
         client.on_subscribe = self._cb_subscribe
@@ -317,7 +318,15 @@ class MqttClient:
         if self._connected.is_set() and not self._stopping:
             self.counters.inc("disconnects")
             log.warning("disconnected from the broker: %s", reason)
+        elif not self._connected.is_set():
+            self._cb_connect_fail(_client, _userdata)
         self._connected.clear()
+
+    def _cb_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
+        # TCP refused, TLS handshake failed, or the broker closed before CONNACK (for
+        # example a missing client certificate under TLS 1.3). paho retries with back-off.
+        self.counters.inc("connect_failed")
+        log.warning("cannot connect to %s:%s; retrying", self.settings.host, self.settings.port)
 
     def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         self._work.put(lambda: self._dispatch(Inbound(msg.topic, msg.payload, bool(msg.retain))))

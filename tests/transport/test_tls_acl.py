@@ -1,0 +1,108 @@
+"""Mutual TLS with a test CA and a `%u` ACL: identities come from certificates."""
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from appliance.config.mqtt import TlsSettings
+from appliance.transport.client import Inbound, MqttClient, PublishResult
+from appliance.transport.topics import Topics
+from tests.support.mosquitto import BrokerTls, Mosquitto
+from tests.support.pki import TestCA
+from tests.transport.conftest import WAIT_S, mqtt_settings
+from tests.transport.waiting import wait_for
+
+TOPICS = Topics("plant1")
+ACL = """\
+# Every node writes only below its own name (the 5th level); everyone reads the plant.
+pattern write appliance/v1/plant1/+/%u/#
+pattern read appliance/v1/plant1/#
+"""
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> TestCA:
+    return TestCA(tmp_path / "pki")
+
+
+@pytest.fixture
+def tls_broker(tmp_path: Path, pki: TestCA, broker_factory: Callable[..., Mosquitto]) -> Mosquitto:
+    server = pki.issue("broker", server=True)
+    acl = tmp_path / "acl"
+    acl.write_text(ACL)
+    tls = BrokerTls(
+        pki.ca_file,
+        server.cert_file,
+        server.key_file,
+        require_certificate=True,
+        use_identity_as_username=True,
+    )
+    return broker_factory(tls=tls, acl_file=acl, allow_anonymous=False)
+
+
+def _client(
+    broker: Mosquitto, pki: TestCA, clients: Callable[..., MqttClient], name: str | None
+) -> MqttClient:
+    if name is None:
+        tls = TlsSettings(ca_file=pki.ca_file)
+    else:
+        issued = pki.issue(name)
+        tls = TlsSettings(ca_file=pki.ca_file, cert_file=issued.cert_file, key_file=issued.key_file)
+    return clients(mqtt_settings(broker, tls=tls), name or "anonymous")
+
+
+def test_client_without_certificate_is_refused(
+    tls_broker: Mosquitto, pki: TestCA, clients: Callable[..., MqttClient]
+) -> None:
+    client = _client(tls_broker, pki, clients, None)
+    client.start()
+    wait_for(lambda: client.counters.get("connect_failed") >= 1, "a failed connection")
+    assert client.counters.get("connects") == 0
+    result = subprocess.run(
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(tls_broker.port),
+            "-V",
+            "mqttv5",
+            "--cafile",
+            str(pki.ca_file),
+            "-t",
+            "appliance/v1/plant1/msg/x/y",
+            "-m",
+            "hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert result.returncode != 0
+
+
+def test_acl_confines_each_box_to_its_own_topics_and_reports_not_authorized(
+    tls_broker: Mosquitto, pki: TestCA, clients: Callable[..., MqttClient]
+) -> None:
+    agg = _client(tls_broker, pki, clients, "agg")
+    got: list[Inbound] = []
+    agg.subscribe(TOPICS.messages_from(), got.append)
+    agg.start()
+    agg.wait_connected(WAIT_S)
+    box_a = _client(tls_broker, pki, clients, "boxA")
+    box_a.start()
+    box_a.wait_connected(WAIT_S)
+    results: list[PublishResult] = []
+    box_a.publish(TOPICS.message("boxB", "status"), b"spoofed", on_done=results.append)
+    box_a.publish(TOPICS.message("boxA", "status"), b"genuine", on_done=results.append)
+    wait_for(lambda: len(results) == 2 and got, "both PUBACKs and the genuine message")
+    spoofed, genuine = results
+    assert not spoofed.ok
+    assert spoofed.reason == "Not authorized"
+    assert genuine.ok
+    assert [m.payload for m in got] == [b"genuine"]
+    assert box_a.counters.get("publish_refused") == 1
+    assert box_a.counters.get("disconnects") == 0
