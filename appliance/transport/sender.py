@@ -24,6 +24,7 @@ from pathlib import Path
 
 from appliance.config.transfer import TransferSettings
 from appliance.identity import NodeKey, TrustStore
+from appliance.identity.keys import check_node_id
 from appliance.transport.client import Inbound, MqttClient, PacketTooLargeError, PublishResult
 from appliance.transport.outbox import ArtifactEntry, Outbox, Priority
 from appliance.transport.rejects import RejectedError, record_rejection
@@ -119,8 +120,11 @@ class Sender:
         meta: dict[str, str | int | float | bool] | None = None,
     ) -> str | None:
         """Queue an artifact durably for `recipients`; its id, or None if dropped (full)."""
+        for name in (kind, *recipients):
+            check_node_id(name)  # refuse here, not later in the worker thread
+        if not recipients:
+            raise ValueError("an artifact needs at least one recipient")
         artifact_id = uuid.uuid4().hex
-        self.topics.manifest(self.key.node_id, artifact_id)  # validates names early
         entry = self.outbox.put_artifact(
             artifact_id, kind, data, recipients, priority=priority, meta=meta
         )

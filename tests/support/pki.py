@@ -62,8 +62,11 @@ class TestCA:
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, server: bool = False) -> Issued:
-        """A certificate with CN=`name`; a server one is valid for 127.0.0.1 and localhost."""
+    def issue(self, name: str, *, server: bool = False, password: bytes | None = None) -> Issued:
+        """A certificate with CN=`name`; a server one is valid for 127.0.0.1 and localhost.
+
+        With `password`, the private key file is encrypted with it.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -98,7 +101,9 @@ class TestCA:
                 key.private_bytes(
                     serialization.Encoding.PEM,
                     serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
+                    serialization.BestAvailableEncryption(password)
+                    if password
+                    else serialization.NoEncryption(),
                 )
             )
         return Issued(cert_file, key_file)

@@ -18,7 +18,7 @@ from typing import Any
 from appliance.config.mqtt import MqttSettings
 from appliance.config.transfer import OutboxSettings, TransferSettings
 from appliance.identity import NodeKey, TrustStore
-from appliance.transport.client import MqttClient
+from appliance.transport.client import MqttClient, Will
 from appliance.transport.outbox import Outbox
 from appliance.transport.receiver import ReceivedArtifact, Receiver
 from appliance.transport.sender import Sender
@@ -57,11 +57,12 @@ def start_node(
     outbox: OutboxSettings | None = None,
     save_dir: Path | None = None,
     on_received: Any = None,
+    will: Will | None = None,
 ) -> Node:
     """Build and start a node; received artifacts are hashed (and moved to `save_dir`)."""
     transfer = transfer or TransferSettings()
     topics = Topics(PLANT)
-    client = MqttClient(mqtt, key.node_id, tick_s=0.1)
+    client = MqttClient(mqtt, key.node_id, will=will, tick_s=0.1)
     box = Outbox(state_dir / "outbox.sqlite", outbox or OutboxSettings(), client.counters)
     received: list[tuple[Any, str]] = []
 
@@ -110,6 +111,7 @@ def main(config_path: str) -> None:
         on_received=lambda manifest, sha: _emit(
             "received", artifact_id=manifest.artifact_id, sha256=sha
         ),
+        will=Will(config["will"], b"offline") if config.get("will") else None,
     )
     _emit("started", outbox=node.outbox.count(), partial=node.receiver.progress())
     for number in range(config.get("messages", 0)):

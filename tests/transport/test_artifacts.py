@@ -8,14 +8,19 @@ from typing import Any
 
 import pytest
 
-from appliance.config.transfer import TransferSettings
+from appliance.config.transfer import OutboxSettings, TransferSettings
 from appliance.identity import NodeKey, TrustStore
+from appliance.transport.client import MqttClient
+from appliance.transport.outbox import Outbox
+from appliance.transport.topics import Topics
 from tests.support.mosquitto import Mosquitto
 from tests.transport.conftest import WAIT_S, mqtt_settings
-from tests.transport.nodes import Node, start_node
+from tests.transport.forge import chunks_for, manifest_for, sealed
+from tests.transport.nodes import PLANT, Node, start_node
 from tests.transport.waiting import wait_for
 
 MB = 1_000_000
+TOPICS = Topics(PLANT)
 
 
 @pytest.fixture
@@ -79,3 +84,56 @@ def test_50mb_artifact_through_broker_with_max_packet_size_2000000(
         assert node.counters.get("disconnects", 0) == 0
         assert node.counters["connects"] == 1
     assert "disconnected" not in broker.log_text()  # both nodes are still connected here
+
+
+def test_stalled_transfer_is_dropped_after_the_timeout(  # noqa: PLR0917 - fixtures
+    tmp_path: Path,
+    broker: Mosquitto,
+    keys: Callable[[str], NodeKey],
+    nodes: Callable[..., Node],
+    clients: Callable[..., MqttClient],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    agg = nodes(keys("agg"), broker, TransferSettings(stall_timeout_s=3, request_after_s=1))
+    raw = clients(mqtt_settings(broker), "raw")
+    raw.start()
+    raw.wait_connected(WAIT_S)
+    data = os.urandom(30_000)
+    box = keys("box1")  # trusted, but never answers the receiver's wants
+    manifest = manifest_for(box, data)
+    raw.publish(TOPICS.manifest("box1", manifest.artifact_id), sealed(manifest, box))
+    raw.publish(TOPICS.chunk("box1", manifest.artifact_id), chunks_for(manifest, data)[0])
+    wait_for(lambda: agg.counters.get("stalled"), "the stalled transfer to be dropped")
+    assert agg.receiver.progress() == {}
+    assert not list((tmp_path / "state-agg" / "partial").iterdir())
+    assert "dropped transfer" in caplog.text and "no progress for" in caplog.text
+    assert agg.counters["wants_sent"] >= 1  # it asked before giving up
+
+
+def test_manifest_is_rebuilt_when_the_broker_allows_smaller_packets(
+    tmp_path: Path,
+    broker_factory: Callable[..., Mosquitto],
+    keys: Callable[[str], NodeKey],
+    trust: TrustStore,
+    nodes: Callable[..., Node],
+) -> None:
+    broker = broker_factory(max_packet_size=20_000)
+    box = keys("box1")
+    data = os.urandom(200_000)
+    # A previous run, connected to a broker without a limit, chunked it by 100,000 bytes.
+    outbox = Outbox(tmp_path / "box1" / "outbox.sqlite", OutboxSettings())
+    entry = outbox.put_artifact("ab" * 16, "update", data, ["agg"])
+    assert entry is not None
+    old = manifest_for(box, data, chunk_bytes=100_000, artifact_id=entry.artifact_id)
+    outbox.set_manifest(entry.seq, sealed(old, box))
+    outbox.close()
+    agg = nodes(keys("agg"), broker)
+    sender = start_node(box, trust, mqtt_settings(broker), tmp_path / "box1")
+    try:
+        wait_for(lambda: agg.received and sender.outbox.count() == 0, "delivery and ack")
+        ((manifest, sha),) = agg.received
+        assert manifest.chunk_bytes < 20_000
+        assert sha == hashlib.sha256(data).hexdigest()
+        assert sender.counters.get("disconnects", 0) == 0
+    finally:
+        sender.stop()

@@ -2,12 +2,15 @@
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from appliance.identity import NodeKey
 from appliance.transport.client import Inbound, MqttClient, PacketTooLargeError, PublishResult
 from tests.support.mosquitto import Mosquitto
 from tests.transport.conftest import WAIT_S, mqtt_settings
+from tests.transport.processes import NodeProcess
 from tests.transport.waiting import wait_for
 
 
@@ -114,3 +117,36 @@ def test_reconnects_after_broker_restart_and_keeps_session(
     wait_for(lambda: again_got, "the message queued in the persisted session")
     assert again_got[0].payload == b"queued while rx was away"
     assert not got
+
+
+def test_last_will_is_published_when_the_process_is_killed(
+    tmp_path: Path,
+    broker: Mosquitto,
+    clients: Callable[..., MqttClient],
+    keys: Callable[[str], NodeKey],
+) -> None:
+    watcher = clients(mqtt_settings(broker), "watcher")
+    got = _collect(watcher, "status/#")
+    watcher.start()
+    watcher.wait_connected(WAIT_S)
+    keys("box1")
+    box = NodeProcess(
+        {
+            "node_id": "box1",
+            "key_file": str(tmp_path / "keys" / "box1.key"),
+            "trust_dir": str(tmp_path / "trust"),
+            "state_dir": str(tmp_path / "box1" / "state"),
+            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "will": "status/box1",
+        },
+        tmp_path / "box1",
+    )
+    box.start()
+    try:
+        box.wait(lambda n: n.counter("connects") >= 1, "box1 connected")
+        assert not got
+        box.kill()
+        wait_for(lambda: got, "the Last Will")
+    finally:
+        box.kill()
+    assert [(m.topic, m.payload) for m in got] == [("status/box1", b"offline")]

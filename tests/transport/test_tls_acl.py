@@ -8,6 +8,7 @@ import pytest
 
 from appliance.config.mqtt import TlsSettings
 from appliance.transport.client import Inbound, MqttClient, PublishResult
+from appliance.transport.tls import TransportConfigError
 from appliance.transport.topics import Topics
 from tests.support.mosquitto import BrokerTls, Mosquitto
 from tests.support.pki import TestCA
@@ -51,6 +52,28 @@ def _client(
         issued = pki.issue(name)
         tls = TlsSettings(ca_file=pki.ca_file, cert_file=issued.cert_file, key_file=issued.key_file)
     return clients(mqtt_settings(broker, tls=tls), name or "anonymous")
+
+
+def test_encrypted_client_key_with_password_from_credentials_directory(
+    tmp_path: Path,
+    tls_broker: Mosquitto,
+    pki: TestCA,
+    clients: Callable[..., MqttClient],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    issued = pki.issue("boxC", password=b"s3cret")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "mqtt-key-password").write_text("s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    tls = TlsSettings(ca_file=pki.ca_file, cert_file=issued.cert_file, key_file=issued.key_file)
+    client = clients(mqtt_settings(tls_broker, tls=tls), "boxC")
+    client.start()
+    client.wait_connected(WAIT_S)
+    (credentials / "mqtt-key-password").write_text("wrong")
+    with pytest.raises(TransportConfigError, match="wrong key password") as caught:
+        clients(mqtt_settings(tls_broker, tls=tls), "boxC2")
+    assert str(issued.key_file) not in str(caught.value)  # key paths are never shown
 
 
 def test_client_without_certificate_is_refused(
