@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_command(commands)
     _add_audit_command(commands)
     _add_keygen_command(commands)
+    _add_train_command(commands)
+    _add_eval_command(commands)
     return parser
 
 
@@ -220,6 +222,77 @@ def _keygen(args: argparse.Namespace) -> int:
 
     private, public = generate_key_pair(args.out, args.node_id)
     print(f"wrote {private} (private, mode 0600) and {public} (copy it to peers' trust dirs)")
+    return 0
+
+
+def _add_train_command(commands: Any) -> None:
+    train = commands.add_parser("train", help="fine-tune a LoRA adapter on JSON Lines data")
+    train.add_argument("--model", required=True, help="GGUF path or `builtin`")
+    train.add_argument("--data", required=True, type=Path, help="JSON Lines training data")
+    train.add_argument("--out", required=True, type=Path, help="adapter GGUF to write")
+    train.add_argument("--rank", type=int, help="LoRA rank (power of two)")
+    train.add_argument("--alpha", type=float, help="LoRA alpha")
+    train.add_argument("--targets", help="comma-separated block weights, e.g. attn_q,attn_v")
+    train.add_argument("--epochs", type=int, help="passes over the data")
+    train.add_argument("--max-steps", type=int, help="stop after this many steps")
+    train.add_argument("--lr", type=float, help="learning rate")
+    train.add_argument("--lr-decay", choices=["none", "linear"], help="learning-rate schedule")
+    train.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimizer")
+    train.add_argument("--window", type=int, help="tokens per window (multiple of 256)")
+    train.add_argument("--stride", type=int, help="tokens between window starts")
+    train.add_argument("--validation-fraction", type=float, help="share of records held out")
+    train.add_argument("--freeze-a", action="store_true", help="derive A from the seed; train B")
+    train.add_argument("--seed", type=int, help="seed for A, the split and the order")
+    train.add_argument("--from", dest="start_adapter", type=Path, help="adapter to start from")
+    train.add_argument(
+        "--base-precision", choices=["same", "q8_0", "f32"], help="training copy precision"
+    )
+    train.add_argument("--cache-dir", type=Path, help="where training copies are kept")
+    train.add_argument("--threads", type=int, help="training threads (0 = all cores)")
+    train.add_argument("--memory-limit-mb", type=int, help="refuse runs estimated above this")
+    train.add_argument(
+        "--allow-unlisted-license", action="store_true", help="train on any model licence"
+    )
+    train.add_argument("--json", action="store_true", help="print one JSON object")
+    train.set_defaults(handler=_train)
+
+
+def _add_eval_command(commands: Any) -> None:
+    evaluate = commands.add_parser("eval", help="mean NLL and perplexity on JSON Lines data")
+    evaluate.add_argument("--model", required=True, help="GGUF path or `builtin`")
+    evaluate.add_argument("--adapter", type=Path, help="LoRA adapter GGUF to apply")
+    evaluate.add_argument("--data", required=True, type=Path, help="JSON Lines held-out data")
+    evaluate.add_argument(
+        "--allow-unlisted-license", action="store_true", help="load any model licence"
+    )
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_eval)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from appliance.llm.training.commands import describe, run_train
+
+    result = run_train(args)
+    if args.json:
+        _print_json(result)
+    else:
+        print(describe(result))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from appliance.llm.training.commands import run_eval
+
+    result = run_eval(args)
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"{result['records']} records, {result['tokens']} tokens: mean NLL "
+            f"{result['nll']:.4f} nats/token, perplexity {result['perplexity']:.2f}"
+        )
+        for bad in result["bad_lines"]:
+            print(f"skipped {bad}", file=sys.stderr)
     return 0
 
 

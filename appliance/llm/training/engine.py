@@ -217,9 +217,10 @@ class LoraTrainer(AdapterContext):
         params.sgd.alpha, params.sgd.wd = rate, 0.0
 
     def step(self, data: np.ndarray, labels: np.ndarray, learning_rate: float) -> float:
-        """One optimizer step on one window; returns its mean training loss (nats/token)."""
-        if not learning_rate > 0:
-            raise ValueError(f"learning rate must be positive (got {learning_rate})")
+        """One optimizer step on one window; returns its mean training loss (nats/token).
+
+        The rate comes from validated settings; ggml-opt asserts (aborts) on one <= 0.
+        """
         self._row_data[0] = data
         self._row_labels[0] = labels
         self._set_learning_rate(learning_rate)

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import json
 import logging
+import os
 import queue
 import signal
 import subprocess
@@ -165,6 +166,7 @@ class _Supervision:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches only us; we decide what the worker gets
+            env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # an assert's line, not a gdb session
         )
         assert process.stdin and process.stdout and process.stderr
         readers = [
@@ -212,7 +214,7 @@ class _Supervision:
             elif message.get("event") == "error":
                 error = str(message.get("message"))
             else:
-                self.on_progress(message)
+                self.on_progress({**message, "worker_pid": process.pid})
         code = process.wait()
         if outcome is not None and code == 0:
             return outcome

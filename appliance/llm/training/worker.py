@@ -55,6 +55,7 @@ def main() -> int:
     protocol = _Protocol()
     stop = _StopFlag()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.getLogger("appliance.llama").setLevel(logging.WARNING)  # keep the tail to the point
     try:
         # imported here so that an ABI mismatch found at import becomes an `error` message
         from appliance.llm.training.job import TrainingJob  # noqa: PLC0415
