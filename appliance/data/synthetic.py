@@ -76,12 +76,17 @@ def maintenance_records(line: ProductionLine, count: int, seed: int = 0) -> list
         else:
             records.append(
                 {
-                    "text": f"Maintenance log, line {line.name}. The {machine} {symptom} "
+                    "text": f"Maintenance log {_date(rng)}, shift {rng.randint(1, 3)}, line "
+                    f"{line.name}. The {machine} {symptom} "
                     f"with alarm {code}. Cause found: {cause}. Action taken: {action}. "
                     "Machine returned to service.",
                 }
             )
     return records
+
+
+def _date(rng: random.Random) -> str:
+    return f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
 
 
 def _alarm_table(line: ProductionLine, rng: random.Random) -> list[tuple[str, str, str, str]]:
