@@ -40,8 +40,11 @@ def run_job(job: TrainingJob, emit: Emit, stop_requested: Callable[[], bool]) ->
     model = TrainingModel(Path(job.train_model))
     window = settings.window_tokens
     windows = token_windows(_stream(model, train_texts), window, settings.stride_tokens or window)
+    heldout_stream = _stream(model, heldout_texts)
+    # a held-out set shorter than one window would be repeated, and a model scores repeated
+    # text far better than new text: then only the held-out NLL after training is reported
     validation = (
-        token_windows(_stream(model, heldout_texts), window, window) if heldout_texts else None
+        token_windows(heldout_stream, window, window) if len(heldout_stream) > window else None
     )
     start = Path(job.start_adapter)
     trainer = LoraTrainer(
