@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 
 from appliance.config.base import Section
+from appliance.config.health import EdgeHealthSettings, FleetHealthSettings
 from appliance.config.identity import IdentitySettings
 from appliance.config.logs import LoggingSettings
 from appliance.config.model import ModelSettings
@@ -32,6 +33,9 @@ class EdgeConfig(Section):
         default_factory=TransferSettings, description="Chunked artifact transfer."
     )
     paths: PathSettings = Field(default_factory=PathSettings, description="State and spool.")
+    health: EdgeHealthSettings = Field(
+        default_factory=EdgeHealthSettings, description="Hardware probes and Sparkplug B."
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
 
@@ -55,6 +59,9 @@ class AggregatorConfig(Section):
         default_factory=TransferSettings, description="Chunked artifact transfer."
     )
     paths: PathSettings = Field(default_factory=PathSettings, description="State directory.")
+    health: FleetHealthSettings = Field(
+        default_factory=FleetHealthSettings, description="Fleet health, alerts, Prometheus."
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
 
 

@@ -1,0 +1,238 @@
+"""The aggregator's fleet health store: SQLite (WAL), one file, read by `fleet status` too.
+
+Tables: `nodes` (online state per box), `latest` (current value of every metric, numbers and
+text), `samples` (numeric history, raw), `rollups` (min/mean/max per bucket for samples
+older than the raw retention) and `alerts` (firing and resolved). Writes from the host are
+batched into one transaction per tick (`commit()`): at thousands of messages a second a
+commit per message would be the bottleneck. Readers see the last committed tick.
+"""
+
+import math
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.telemetry.sparkplug import Value
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node TEXT PRIMARY KEY,
+    online INTEGER NOT NULL,
+    bdseq INTEGER,
+    born_ms INTEGER,
+    last_seen_ms INTEGER NOT NULL,
+    offline_since_ms INTEGER,
+    offline_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS latest (
+    node TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    number REAL,
+    text TEXT,
+    ts_ms INTEGER NOT NULL,
+    PRIMARY KEY (node, metric)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples (
+    node TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    value REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_by_time ON samples (ts_ms);
+CREATE TABLE IF NOT EXISTS rollups (
+    node TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    bucket_ms INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    mean REAL NOT NULL,
+    PRIMARY KEY (node, metric, bucket_ms)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    node TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    resolved_ms INTEGER,
+    PRIMARY KEY (node, rule, subject, since_ms)
+);
+"""
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    node: str
+    online: bool
+    bdseq: int | None
+    last_seen_ms: int
+    offline_since_ms: int | None
+    offline_reason: str | None
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    node: str
+    rule: str
+    subject: str
+    severity: str
+    message: str
+    since_ms: int
+    resolved_ms: int | None
+
+
+def as_number(value: Value) -> float | None:
+    """A stored number: bools as 0/1, finite numbers as floats, anything else None."""
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class FleetStore:
+    """One SQLite connection; the host writes through it from one thread."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        if read_only:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("BEGIN")
+
+    def close(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+        self._db.close()
+
+    def commit(self) -> None:
+        """End the current batch (readers see it) and start the next one."""
+        self._db.execute("COMMIT")
+        self._db.execute("BEGIN")
+
+    # ------------------------------------------------------------ writes
+    def node_online(self, node: str, bdseq: int, now_ms: int) -> None:
+        self._db.execute(
+            "INSERT INTO nodes VALUES (?, 1, ?, ?, ?, NULL, NULL) ON CONFLICT (node) DO UPDATE "
+            "SET online = 1, bdseq = excluded.bdseq, born_ms = excluded.born_ms, "
+            "last_seen_ms = excluded.last_seen_ms, offline_since_ms = NULL, offline_reason = NULL",
+            (node, bdseq, now_ms, now_ms),
+        )
+
+    def node_seen(self, node: str, now_ms: int) -> None:
+        self._db.execute("UPDATE nodes SET last_seen_ms = ? WHERE node = ?", (now_ms, node))
+
+    def node_offline(self, node: str, reason: str, now_ms: int) -> None:
+        self._db.execute(
+            "UPDATE nodes SET online = 0, offline_since_ms = ?, offline_reason = ? "
+            "WHERE node = ? AND online = 1",
+            (now_ms, reason, node),
+        )
+
+    def record(
+        self, node: str, values: Iterable[tuple[str, Value, int]], *, historical: bool = False
+    ) -> None:
+        """Store `(metric, value, timestamp_ms)`; historical values skip `latest`."""
+        rows = list(values)
+        self._db.executemany(
+            "INSERT INTO samples VALUES (?, ?, ?, ?)",
+            [
+                (node, name, ts, number)
+                for name, value, ts in rows
+                if (number := as_number(value)) is not None
+            ],
+        )
+        if historical:
+            return
+        self._db.executemany(
+            "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, metric) DO UPDATE SET "
+            "number = excluded.number, text = excluded.text, ts_ms = excluded.ts_ms "
+            "WHERE excluded.ts_ms >= latest.ts_ms",
+            [
+                (node, name, as_number(value), value if isinstance(value, str) else None, ts)
+                for name, value, ts in rows
+            ],
+        )
+
+    def alert_fired(self, alert: AlertRow) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?, NULL)",
+            (alert.node, alert.rule, alert.subject, alert.severity, alert.message, alert.since_ms),
+        )
+
+    def alert_resolved(self, node: str, rule: str, subject: str, now_ms: int) -> None:
+        self._db.execute(
+            "UPDATE alerts SET resolved_ms = ? WHERE node = ? AND rule = ? AND subject = ? "
+            "AND resolved_ms IS NULL",
+            (now_ms, node, rule, subject),
+        )
+
+    def compact(self, now_ms: int, raw_keep_ms: int, bucket_ms: int, rollup_keep_ms: int) -> int:
+        """Fold raw samples older than `raw_keep_ms` into buckets; drop expired rows.
+
+        Returns the number of raw samples folded. Buckets already present (a sample that
+        arrived late, as historical data) are merged by count-weighted mean.
+        """
+        cutoff = now_ms - raw_keep_ms
+        self._db.execute(
+            "INSERT INTO rollups SELECT node, metric, (ts_ms / ?) * ?, COUNT(*), MIN(value), "
+            "MAX(value), AVG(value) FROM samples WHERE ts_ms < ? GROUP BY 1, 2, 3 "
+            "ON CONFLICT (node, metric, bucket_ms) DO UPDATE SET "
+            "mean = (rollups.mean * rollups.count + excluded.mean * excluded.count) "
+            "/ (rollups.count + excluded.count), count = rollups.count + excluded.count, "
+            "min = MIN(rollups.min, excluded.min), max = MAX(rollups.max, excluded.max)",
+            (bucket_ms, bucket_ms, cutoff),
+        )
+        folded = self._db.execute("DELETE FROM samples WHERE ts_ms < ?", (cutoff,)).rowcount
+        expired = now_ms - rollup_keep_ms
+        self._db.execute("DELETE FROM rollups WHERE bucket_ms < ?", (expired,))
+        self._db.execute("DELETE FROM alerts WHERE resolved_ms < ?", (expired,))
+        return folded
+
+    # ------------------------------------------------------------ reads
+    def nodes(self) -> list[NodeRow]:
+        rows = self._db.execute(
+            "SELECT node, online, bdseq, last_seen_ms, offline_since_ms, offline_reason "
+            "FROM nodes ORDER BY node"
+        )
+        return [NodeRow(r[0], bool(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def latest(self, node: str) -> dict[str, float | str | None]:
+        rows = self._db.execute("SELECT metric, number, text FROM latest WHERE node = ?", (node,))
+        return {metric: text if text is not None else number for metric, number, text in rows}
+
+    def latest_numbers(self) -> list[tuple[str, str, float]]:
+        rows = self._db.execute(
+            "SELECT node, metric, number FROM latest WHERE number IS NOT NULL ORDER BY 1, 2"
+        )
+        return list(rows)
+
+    def active_alerts(self, node: str | None = None) -> list[AlertRow]:
+        query = "SELECT * FROM alerts WHERE resolved_ms IS NULL"
+        args: tuple[str, ...] = ()
+        if node is not None:
+            query, args = query + " AND node = ?", (node,)
+        return [AlertRow(*row) for row in self._db.execute(query + " ORDER BY 1, 2, 3", args)]
+
+    def samples(self, node: str, metric: str) -> list[tuple[int, float]]:
+        rows = self._db.execute(
+            "SELECT ts_ms, value FROM samples WHERE node = ? AND metric = ? ORDER BY ts_ms",
+            (node, metric),
+        )
+        return list(rows)
+
+    def rollups(self, node: str, metric: str) -> list[tuple[int, int, float, float, float]]:
+        rows = self._db.execute(
+            "SELECT bucket_ms, count, min, max, mean FROM rollups WHERE node = ? AND metric = ? "
+            "ORDER BY bucket_ms",
+            (node, metric),
+        )
+        return list(rows)
