@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keygen_command(commands)
     _add_train_command(commands)
     _add_eval_command(commands)
+    _add_fleet_command(commands)
     return parser
 
 
@@ -293,6 +294,40 @@ def _eval(args: argparse.Namespace) -> int:
         )
         for bad in result["bad_lines"]:
             print(f"skipped {bad}", file=sys.stderr)
+    return 0
+
+
+def _add_fleet_command(commands: Any) -> None:
+    fleet = commands.add_parser("fleet", help="hardware health of the plant's boxes")
+    sub = fleet.add_subparsers(title="fleet commands", metavar="COMMAND")
+    status = sub.add_parser("status", help="health and training state of every box")
+    status.add_argument("--config", type=Path, required=True, help="the aggregator's config")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(handler=_fleet_status)
+
+
+def _fleet_status(args: argparse.Namespace) -> int:
+    from appliance.config.loading import load_config
+    from appliance.config.roles import AggregatorConfig
+    from appliance.errors import ConfigError
+    from appliance.telemetry.fleet import fleet_status, render_table, store_path
+    from appliance.telemetry.store import FleetStore
+
+    config = load_config(args.config)
+    if not isinstance(config, AggregatorConfig):
+        raise ConfigError(f"{args.config}: role: fleet status reads the aggregator's config")
+    path = store_path(config)
+    if not path.exists():
+        raise ApplianceError(f"no fleet health store at {path}; has the aggregator run yet?")
+    store = FleetStore(path, read_only=True)
+    try:
+        rows = fleet_status(store)
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"boxes": [row.as_json() for row in rows]})
+    else:
+        print(render_table(rows))
     return 0
 
 

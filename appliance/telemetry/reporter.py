@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
 from appliance.config.loading import load_config
@@ -35,7 +36,7 @@ class HealthReporter:
         self.runner = ProbeRunner(
             scripts_dir=health.scripts_dir or FIRMWARE_SCRIPTS,
             root=health.root_dir,
-            state_dir=str(config.paths.state_dir),
+            state_dir=_inside(config.paths.state_dir, health.root_dir),
             timeout_s=health.probe_timeout_s,
         )
         self.interval_s = health.probe_interval_s
@@ -91,6 +92,11 @@ class HealthReporter:
             except Exception:
                 log.exception("health probe round failed; trying again next interval")
             self._stop.wait(self.interval_s)
+
+
+def _inside(path: Path, root: Path) -> str:
+    """`path` as the probes see it under `root` (`/` on a box; a recorded tree in tests)."""
+    return "/" + str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

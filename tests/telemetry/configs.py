@@ -1,5 +1,6 @@
 """Edge and aggregator config files for telemetry tests and test processes."""
 
+import shutil
 from pathlib import Path
 
 from appliance.config.loading import load_config
@@ -10,8 +11,13 @@ from tests.telemetry.conftest import GROUP
 def edge_config(
     directory: Path, port: int, node_id: str, tree: Path, extra: str = ""
 ) -> tuple[Path, EdgeConfig]:
-    """A box reading `tree`, reporting to the broker on `port`; state in `directory/node_id`."""
-    state = directory / node_id
+    """A box reading a copy of `tree` as its root, reporting to the broker on `port`.
+
+    Its state directory is the copy's `/var/lib/appliance`, so the disks probe measures it.
+    """
+    root = directory / f"{node_id}-root"
+    shutil.copytree(tree, root, symlinks=True)
+    state = root / "var/lib/appliance"
     (state / "keys").mkdir(parents=True, exist_ok=True)
     path = directory / f"{node_id}.toml"
     path.write_text(
@@ -30,7 +36,7 @@ reconnect_max_delay_s = 1
 state_dir = "{state}"
 spool_dir = "{state}/spool"
 [health]
-root_dir = "{tree}"
+root_dir = "{root}"
 probe_interval_s = 3600
 {extra}
 """
