@@ -1,0 +1,56 @@
+"""The fleet store on real SQLite: latest values, batches, retention and downsampling."""
+
+from pathlib import Path
+
+from appliance.telemetry.store import AlertRow, FleetStore
+
+HOUR_MS = 3600 * 1000
+
+
+def test_latest_values_history_and_committed_reads(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    store.node_online("b1", 4, 1_000)
+    store.record("b1", [("t", 40.0, 1_000), ("state", "idle", 1_000), ("ok", True, 1_000)])
+    reader = FleetStore(tmp_path / "fleet.sqlite", read_only=True)
+    assert reader.nodes() == []  # not committed yet
+    store.commit()
+    assert reader.latest("b1") == {"t": 40.0, "state": "idle", "ok": 1.0}
+    store.record("b1", [("t", 30.0, 500)], historical=True)  # older, replayed
+    store.record("b1", [("t", 20.0, 900)])  # late, older than the latest
+    store.commit()
+    assert reader.latest("b1")["t"] == 40.0
+    assert reader.samples("b1", "t") == [(500, 30.0), (900, 20.0), (1_000, 40.0)]
+    assert reader.samples("b1", "state") == []  # text is kept as latest only
+    store.node_offline("b1", "NDEATH", 2_000)
+    store.commit()
+    (node,) = reader.nodes()
+    assert (node.online, node.bdseq, node.offline_since_ms, node.offline_reason) == (
+        False,
+        4,
+        2_000,
+        "NDEATH",
+    )
+    store.close()
+
+
+def test_compaction_folds_old_samples_into_buckets_and_expires(tmp_path: Path) -> None:
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    bucket = 300_000
+    store.record("b1", [("t", v, ts) for v, ts in ((10.0, 0), (20.0, 1_000), (60.0, 299_999))])
+    store.record("b1", [("t", 5.0, bucket)])
+    store.record("b1", [("t", 99.0, 10 * HOUR_MS)])  # recent: stays raw
+    now = 10 * HOUR_MS + 1
+    assert (
+        store.compact(now, raw_keep_ms=HOUR_MS, bucket_ms=bucket, rollup_keep_ms=100 * HOUR_MS) == 4
+    )
+    assert store.rollups("b1", "t") == [(0, 3, 10.0, 60.0, 30.0), (bucket, 1, 5.0, 5.0, 5.0)]
+    assert store.samples("b1", "t") == [(10 * HOUR_MS, 99.0)]
+    store.record("b1", [("t", 40.0, 2_000)], historical=True)  # late replay into a bucket
+    store.compact(now, HOUR_MS, bucket, 100 * HOUR_MS)
+    assert store.rollups("b1", "t")[0] == (0, 4, 10.0, 60.0, 32.5)
+    store.alert_fired(AlertRow("b1", "r", "s", "warning", "m", 0, None))
+    store.alert_resolved("b1", "r", "s", 1_000)
+    store.compact(200 * HOUR_MS, HOUR_MS, bucket, 100 * HOUR_MS)
+    assert store.rollups("b1", "t") == [] and store.active_alerts() == []
+    assert store.samples("b1", "t") == []
+    store.close()
