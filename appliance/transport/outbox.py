@@ -8,13 +8,19 @@ for a message, by every recipient's signed ack for an artifact.
 The outbox is bounded in bytes and age. When a new entry does not fit, entries are dropped
 lowest priority first, oldest first within a priority; the new entry itself is dropped if it
 ranks lowest. Every drop is logged with its reason and counted (`dropped.full`,
-`dropped.expired`). Artifacts are stored as BLOBs and read chunk by chunk through SQLite's
-incremental blob I/O, so a 50 MB artifact is never loaded whole to send one chunk.
+`dropped.expired`).
+
+An artifact's bytes live in a file beside the database (`<outbox>.blobs/<artifact_id>`),
+written to a temporary name, fsynced and renamed before its row is committed; the row is the
+commit point. Measured on a 50 MB artifact, SQLite BLOBs cost 0.7 s to store, 0.2 s to read
+back chunk by chunk and 0.2 s to delete; a file costs a few hundredths of that. A file with
+no row (a crash between the two steps) is deleted when the outbox is opened.
 """
 
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -48,7 +54,7 @@ CREATE TABLE IF NOT EXISTS entries (
     meta TEXT,
     sha256 TEXT,
     manifest BLOB,
-    data BLOB NOT NULL
+    data BLOB
 );
 CREATE INDEX IF NOT EXISTS entries_eviction ON entries (priority, seq);
 """
@@ -97,14 +103,30 @@ class Outbox:
         self.settings = settings
         self.counters = counters or Counters()
         self._lock = threading.Lock()
+        self.blob_dir = path.with_name(path.name + ".blobs")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{path}: cannot open the outbox database: {exc}") from None
+        except (OSError, sqlite3.Error) as exc:
+            raise OutboxError(f"{path}: cannot open the outbox: {exc}") from None
+        self._remove_orphan_blobs()
+
+    def _remove_orphan_blobs(self) -> None:
+        known = {
+            aid
+            for (aid,) in self._db.execute(
+                "SELECT artifact_id FROM entries WHERE kind = 'artifact'"
+            )
+        }
+        for blob in self.blob_dir.iterdir():
+            if blob.name not in known:
+                blob.unlink(missing_ok=True)
+
+    def _blob(self, artifact_id: str) -> Path:
+        return self.blob_dir / artifact_id
 
     @property
     def max_bytes(self) -> int:
@@ -141,28 +163,33 @@ class Outbox:
     ) -> ArtifactEntry | None:
         """Copy an artifact (bytes or a file) into the outbox; None if dropped (full)."""
         size = len(data) if isinstance(data, bytes) else data.stat().st_size
-        with self._transaction():
-            if not self._make_room(size, priority, f"{kind} artifact {artifact_id}"):
-                return None
-            created = time.time()
-            cursor = self._db.execute(
-                "INSERT INTO entries (kind, priority, created, size, artifact_id, artifact_kind,"
-                " recipients, meta, sha256, data)"
-                " VALUES ('artifact', ?, ?, ?, ?, ?, ?, ?, '', zeroblob(?))",
-                (
-                    priority,
-                    created,
-                    size,
-                    artifact_id,
-                    kind,
-                    json.dumps(list(recipients)),
-                    json.dumps(meta or {}),
-                    size,
-                ),
-            )
-            seq = _rowid(cursor)
-            digest = self._copy_in(seq, data)
-            self._db.execute("UPDATE entries SET sha256 = ? WHERE seq = ?", (digest, seq))
+        blob = self._blob(artifact_id)
+        digest = _copy_durably(data, blob)
+        created = time.time()
+        try:
+            with self._transaction():
+                if not self._make_room(size, priority, f"{kind} artifact {artifact_id}"):
+                    blob.unlink()
+                    return None
+                cursor = self._db.execute(
+                    "INSERT INTO entries (kind, priority, created, size, artifact_id,"
+                    " artifact_kind, recipients, meta, sha256)"
+                    " VALUES ('artifact', ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        priority,
+                        created,
+                        size,
+                        artifact_id,
+                        kind,
+                        json.dumps(list(recipients)),
+                        json.dumps(meta or {}),
+                        digest,
+                    ),
+                )
+        except BaseException:
+            blob.unlink(missing_ok=True)
+            raise
+        seq = _rowid(cursor)
         return ArtifactEntry(
             seq,
             artifact_id,
@@ -175,19 +202,6 @@ class Outbox:
             created,
             None,
         )
-
-    def _copy_in(self, seq: int, data: bytes | Path) -> str:
-        digest = hashlib.sha256()
-        with self._db.blobopen("entries", "data", seq) as blob:
-            if isinstance(data, bytes):
-                blob.write(data)
-                digest.update(data)
-            else:
-                with data.open("rb") as source:
-                    while block := source.read(_COPY_BYTES):
-                        blob.write(block)
-                        digest.update(block)
-        return digest.hexdigest()
 
     def _make_room(self, size: int, priority: int, what: str) -> bool:
         """Evict lower-or-equal priority, older entries until `size` fits; False: drop new."""
@@ -205,7 +219,7 @@ class Outbox:
                 self._drop_new(what, "it has the lowest priority")
                 return False
             seq, victim_priority, victim_size, kind, name = victim
-            self._db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+            self._delete(seq)
             used -= victim_size
             self.counters.inc("dropped.full")
             log.warning(
@@ -255,15 +269,16 @@ class Outbox:
             for seq, aid, kind, size, sha, recipients, acked, meta, created, manifest in rows
         ]
 
-    def read(self, seq: int, offset: int, length: int) -> bytes | None:
+    def read(self, artifact_id: str, offset: int, length: int) -> bytes | None:
         """`length` bytes of an artifact from `offset`; None if the entry is gone."""
-        with self._lock:
-            try:
-                with self._db.blobopen("entries", "data", seq, readonly=True) as blob:
-                    blob.seek(offset)
-                    return blob.read(length)
-            except sqlite3.OperationalError:
-                return None
+        try:
+            fd = os.open(self._blob(artifact_id), os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
 
     def contains(self, seq: int) -> bool:
         with self._lock:
@@ -296,7 +311,7 @@ class Outbox:
                 return True
             recipients, acked = set(json.loads(row[0])), set(json.loads(row[1])) | {receiver}
             if recipients <= acked:
-                self._db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+                self._delete(seq)
                 return True
             self._db.execute(
                 "UPDATE entries SET acked = ? WHERE seq = ?", (json.dumps(sorted(acked)), seq)
@@ -305,7 +320,16 @@ class Outbox:
 
     def remove(self, seq: int) -> None:
         with self._transaction():
-            self._db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+            self._delete(seq)
+
+    def _delete(self, seq: int) -> None:
+        """Delete a row (inside a transaction) and its artifact file, if any."""
+        row = self._db.execute("SELECT artifact_id FROM entries WHERE seq = ?", (seq,)).fetchone()
+        self._db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+        if row is not None and row[0] is not None:
+            # Unlinked before the commit: a crash in between leaves a row without a file,
+            # which `read` reports as gone; the reverse would leak the file.
+            self._blob(row[0]).unlink(missing_ok=True)
 
     def expire(self) -> int:
         """Drop entries older than `max_age_s`; how many were dropped."""
@@ -320,7 +344,7 @@ class Outbox:
             (cutoff,),
         ).fetchall()
         for seq, kind, name, created in rows:
-            self._db.execute("DELETE FROM entries WHERE seq = ?", (seq,))
+            self._delete(seq)
             self.counters.inc("dropped.expired")
             log.warning(
                 "outbox: dropped %s %s: not delivered within %d s (queued %.0f s ago)",
@@ -341,6 +365,34 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+
+def _copy_durably(data: bytes | Path, target: Path) -> str:
+    """Write `data` to `target` via a fsynced temporary file; its sha256 (hex)."""
+    digest = hashlib.sha256()
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with tmp.open("wb") as out:
+            if isinstance(data, bytes):
+                out.write(data)
+                digest.update(data)
+            else:
+                with data.open("rb") as source:
+                    while block := source.read(_COPY_BYTES):
+                        out.write(block)
+                        digest.update(block)
+            out.flush()
+            os.fsync(out.fileno())
+        tmp.rename(target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest.hexdigest()
 
 
 def _rowid(cursor: sqlite3.Cursor) -> int:

@@ -252,7 +252,7 @@ class Sender:
                 index = outgoing.next_index
                 outgoing.next_index += 1
             offset = index * manifest.chunk_bytes
-            data = self.outbox.read(entry.seq, offset, manifest.chunk_size(index))
+            data = self.outbox.read(entry.artifact_id, offset, manifest.chunk_size(index))
             if data is None:
                 self._forget(outgoing, "dropped from the outbox")
                 return

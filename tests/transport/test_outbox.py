@@ -26,7 +26,7 @@ def test_entries_survive_reopen_in_wal_mode(tmp_path: Path) -> None:
     (artifact,) = reopened.artifacts()
     assert entry is not None
     assert artifact.sha256 == entry.sha256
-    assert reopened.read(artifact.seq, 990, 100) == b"x" * 10
+    assert reopened.read(artifact.artifact_id, 990, 100) == b"x" * 10
     mode = sqlite3.connect(tmp_path / "outbox.sqlite").execute("PRAGMA journal_mode").fetchone()
     assert mode == ("wal",)
 
@@ -37,12 +37,13 @@ def test_artifact_from_file_and_acks_of_every_recipient(tmp_path: Path) -> None:
     outbox = _outbox(tmp_path, max_mb=2)
     entry = outbox.put_artifact("cd" * 16, "global_adapter", source, ["box1", "box2"])
     assert entry is not None
-    assert outbox.read(entry.seq, 256, 4) == bytes(range(4))
+    assert outbox.read(entry.artifact_id, 256, 4) == bytes(range(4))
     assert outbox.record_ack(entry.seq, "box1") is False
     assert outbox.artifacts()[0].acked == {"box1"}
     assert outbox.record_ack(entry.seq, "box2") is True
     assert outbox.count() == 0
-    assert outbox.read(entry.seq, 0, 4) is None
+    assert outbox.read(entry.artifact_id, 0, 4) is None
+    assert list(outbox.blob_dir.iterdir()) == []
 
 
 def test_when_full_lowest_priority_oldest_go_first(
@@ -81,3 +82,15 @@ def test_entries_older_than_max_age_expire(
     assert outbox.count() == 0
     assert outbox.counters.get("dropped.expired") == 1
     assert "dropped message old: not delivered within 1 s" in caplog.text
+
+
+def test_artifact_file_without_a_row_is_removed_on_open(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path)
+    kept = outbox.put_artifact("ab" * 16, "update", b"kept", ["agg"])
+    assert kept is not None
+    outbox.close()
+    (outbox.blob_dir / ("cd" * 16)).write_bytes(b"written, then killed before the commit")
+    (outbox.blob_dir / ("ef" * 16 + ".tmp")).write_bytes(b"killed while copying")
+    reopened = _outbox(tmp_path)
+    assert sorted(p.name for p in reopened.blob_dir.iterdir()) == ["ab" * 16]
+    assert reopened.read("ab" * 16, 0, 10) == b"kept"
