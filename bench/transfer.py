@@ -192,13 +192,14 @@ def main() -> None:
                     results[name].append(transport_run(broker, source, sha, cap))
                 print(f"run {run + 1}/{args.runs} done", flush=True)
     raw = args.mb / statistics.median(results["raw mosquitto_pub -f"])
-    print(f"\n{args.mb} MB artifact, {args.runs} alternating runs, median")
-    print(f"| {'method':<36} | {'median s':>8} | {'MB/s':>7} | {'vs raw':>6} |")
-    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 9}|{'-' * 8}|")
+    print(f"\n{args.mb} MB artifact, {args.runs} alternating runs")
+    print(f"| {'method':<36} | {'median s':>8} | {'min-max s':>11} | {'MB/s':>6} | {'vs raw':>6} |")
+    print(f"|{'-' * 38}|{'-' * 10}|{'-' * 13}|{'-' * 8}|{'-' * 8}|")
     for name, times in results.items():
         median = statistics.median(times)
         rate = args.mb / median
-        print(f"| {name:<36} | {median:>8.2f} | {rate:>7.1f} | {rate / raw:>6.2f} |")
+        spread = f"{min(times):.2f}-{max(times):.2f}"
+        print(f"| {name:<36} | {median:>8.2f} | {spread:>11} | {rate:>6.1f} | {rate / raw:>6.2f} |")
 
 
 if __name__ == "__main__":
