@@ -329,7 +329,8 @@ class MqttClient:
         log.warning("cannot connect to %s:%s; retrying", self.settings.host, self.settings.port)
 
     def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
-        self._work.put(lambda: self._dispatch(Inbound(msg.topic, msg.payload, bool(msg.retain))))
+        message = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain))
+        self._work.put(lambda: self._dispatch(message))
 
     def _cb_publish(
         self,

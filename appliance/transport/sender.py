@@ -20,7 +20,9 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from appliance.config.transfer import TransferSettings
 from appliance.identity import NodeKey, TrustStore
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 MESSAGE_WINDOW = 32
 """Outbox messages published but not yet acknowledged by the broker."""
 EXPIRY_CHECK_S = 30.0
+Reply = TypeVar("Reply", Want, Ack)
 
 
 @dataclass
@@ -182,7 +185,7 @@ class Sender:
                 self.client.publish(
                     message.topic,
                     message.payload,
-                    on_done=lambda result, seq=message.seq: self._message_done(seq, result),
+                    on_done=partial(self._message_done, message.seq),
                 )
             except PacketTooLargeError as exc:
                 log.error("dropping queued message: %s", exc)
@@ -259,7 +262,7 @@ class Sender:
             self.client.publish(
                 chunk_topic,
                 encode_chunk(entry.artifact_id, index, data),
-                on_done=lambda result, o=outgoing: self._chunk_done(o, result),
+                on_done=partial(self._chunk_done, outgoing),
             )
             outgoing.in_flight += 1
 
@@ -306,9 +309,7 @@ class Sender:
         log.info("stopped sending artifact %s: %s", outgoing.entry.artifact_id, why)
 
     # ------------------------------------------------ receivers' answers
-    def _reply(
-        self, message: Inbound, schema: type[Want] | type[Ack]
-    ) -> tuple[_Outgoing, Want | Ack] | None:
+    def _reply(self, message: Inbound, schema: type[Reply]) -> tuple[_Outgoing, Reply] | None:
         what = schema.__name__.lower()
         try:
             parsed = self.topics.parse(message.topic)
@@ -332,8 +333,8 @@ class Sender:
             log.debug("%s for artifact %s that is no longer queued", what, reply.artifact_id)
             return None
         if reply.receiver not in outgoing.manifest.recipients:
-            exc = RejectedError("not_recipient", f"{reply.receiver} is not a recipient")
-            record_rejection(log, self.counters, what, message.topic, exc)
+            outsider = RejectedError("not_recipient", f"{reply.receiver} is not a recipient")
+            record_rejection(log, self.counters, what, message.topic, outsider)
             return None
         outgoing.last_heard = time.monotonic()
         return outgoing, reply
@@ -343,7 +344,7 @@ class Sender:
         if got is None:
             return
         outgoing, want = got
-        assert isinstance(want, Want) and outgoing.manifest is not None
+        assert outgoing.manifest is not None
         self.counters.inc("wants_received")
         if not want.ranges:
             self._announce(outgoing)

@@ -19,7 +19,6 @@ from appliance.config.base import TopicSafeId
 from appliance.identity import BadSignatureError, NodeKey, TrustStore, UnknownSignerError
 from appliance.transport.rejects import RejectedError
 
-VERSION = 1
 ARTIFACT_ID_PATTERN = r"^[0-9a-f]{32}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_CONTROL_BYTES = 64 * 1024
@@ -41,7 +40,7 @@ class WireModel(BaseModel):
 class Manifest(WireModel):
     """Describes one artifact; signed by its sender, it vouches for every byte (`sha256`)."""
 
-    v: Literal[1] = VERSION
+    v: Literal[1] = 1
     artifact_id: str = Field(pattern=ARTIFACT_ID_PATTERN, description="Random 128-bit hex id.")
     kind: TopicSafeId = Field(description="`update`, `global_adapter`...")
     sender: TopicSafeId = Field(description="Node that signed it.")
@@ -73,7 +72,7 @@ class Manifest(WireModel):
 class Want(WireModel):
     """A receiver asks an artifact's sender for the chunks it still misses."""
 
-    v: Literal[1] = VERSION
+    v: Literal[1] = 1
     artifact_id: str = Field(pattern=ARTIFACT_ID_PATTERN)
     sender: TopicSafeId = Field(description="The artifact's sender.")
     receiver: TopicSafeId = Field(description="Who asks (signs this).")
@@ -94,7 +93,7 @@ class Want(WireModel):
 class Ack(WireModel):
     """A receiver confirms it verified and took the artifact; the sender may forget it."""
 
-    v: Literal[1] = VERSION
+    v: Literal[1] = 1
     artifact_id: str = Field(pattern=ARTIFACT_ID_PATTERN)
     sender: TopicSafeId = Field(description="The artifact's sender.")
     receiver: TopicSafeId = Field(description="Who confirms (signs this).")
@@ -104,7 +103,7 @@ class Ack(WireModel):
 class Envelope(WireModel):
     """A signed control message: `signature` (base64 Ed25519) covers `body` exactly."""
 
-    v: Literal[1] = VERSION
+    v: Literal[1] = 1
     body: str = Field(max_length=MAX_CONTROL_BYTES)
     signature: str = Field(max_length=128)
 
