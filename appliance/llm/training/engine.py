@@ -101,6 +101,8 @@ class AdapterContext:
     ) -> None:
         self.tensors: dict[str, int] = {}
         self.gradients: dict[bytes, tuple[int, int]] = {}
+        self.scan_done = False
+        """Set once everything is found: the callback then returns at once (it runs per node)."""
         self._eval_callback = EvalCallback(self._on_node)
         params = lib.llama_context_default_params()
         params.n_ctx = params.n_batch = params.n_ubatch = n_ctx
@@ -120,7 +122,7 @@ class AdapterContext:
             raise TrainingError("llama.cpp could not attach the adapter to the training context")
 
     def _on_node(self, tensor: int, ask: bool, _user_data: object) -> bool:
-        if ask:
+        if ask and not self.scan_done:
             node = GgmlTensor.from_address(tensor)
             if OPTIMIZER_STEP_MARK in node.name:
                 gradient = node.src[1]
@@ -243,6 +245,9 @@ class LoraTrainer(AdapterContext):
             )
         for address, size in self.gradients.values():
             ctypes.memset(address, 0, size)
+        # the accumulators live in ggml-opt's static buffer, allocated on the first step: their
+        # addresses do not change, so the per-node scan can stop
+        self.scan_done = True
 
     def evaluate(self, data: np.ndarray, labels: np.ndarray) -> float:
         """Mean loss over windows, forward only (after at least one step: ggml-opt allocates

@@ -7,7 +7,6 @@ the previous file or a complete new one.
 """
 
 import os
-import resource
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -91,7 +90,7 @@ def run_job(job: TrainingJob, emit: Emit, stop_requested: Callable[[], bool]) ->
                 emit=emit,
             )
         )
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    result["peak_rss_mb"] = peak_rss_mb()
     return result
 
 
@@ -127,6 +126,18 @@ def _write_and_evaluate(
         write_adapter(unbound, factors, job.alpha, job.architecture)
         written.update(_evaluate(job, out, unbound, texts, threads))
     return written
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory since exec (VmHWM).
+
+    Not `ru_maxrss`: Linux carries the parent's high-water mark across fork/vfork + exec
+    into it, so a worker started by a big parent would report the parent's memory.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    raise OSError("/proc/self/status has no VmHWM line")
 
 
 def _stream(model: TrainingModel, texts: Sequence[str]) -> list[int]:
