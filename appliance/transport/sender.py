@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 MESSAGE_WINDOW = 32
 """Outbox messages published but not yet acknowledged by the broker."""
 EXPIRY_CHECK_S = 30.0
+MIN_CHUNK_BYTES = 1024
+"""Below this, chunk headers and topics would outweigh the data: refuse to send instead."""
 Reply = TypeVar("Reply", Want, Ack)
 
 
@@ -62,6 +64,7 @@ class _Outgoing:
     queued: set[int] = field(default_factory=set)
     in_flight: int = 0
     last_heard: float = field(default_factory=time.monotonic)
+    too_small_logged: bool = False
 
     @property
     def streaming(self) -> bool:
@@ -237,6 +240,16 @@ class Sender:
         entry = outgoing.entry
         chunk_topic = self.topics.chunk(self.key.node_id, entry.artifact_id)
         chunk_room = self.client.max_payload_bytes(chunk_topic) - CHUNK_HEADER_BYTES
+        if chunk_room < MIN_CHUNK_BYTES:
+            if not outgoing.too_small_logged:
+                outgoing.too_small_logged = True
+                log.error(
+                    "cannot send artifact %s: the packet limit (%d bytes) leaves no room for "
+                    "chunks; raise the broker's max_packet_size or mqtt.max_packet_bytes",
+                    entry.artifact_id,
+                    self.client.max_packet_bytes,
+                )
+            return
         manifest = outgoing.manifest
         if manifest is None or manifest.chunk_bytes > chunk_room:
             if manifest is not None:

@@ -10,6 +10,7 @@ killed at teardown, even when a test fails. The broker log is in `broker.log_fil
 """
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,13 @@ from types import TracebackType
 
 MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
 START_TIMEOUT_S = 20.0
+
+
+def _command(config_file: Path) -> list[str]:
+    """Mosquitto, killed by the kernel if the test process dies (`setpriv --pdeathsig`)."""
+    command = [MOSQUITTO, "-c", str(config_file)]
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
 
 
 def free_port() -> int:
@@ -104,7 +112,7 @@ class Mosquitto:
             raise RuntimeError("broker already running")
         with self.log_file.open("ab") as log:
             self._process = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.config_file)],
+                _command(self.config_file),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
