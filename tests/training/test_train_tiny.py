@@ -217,3 +217,20 @@ def test_unknown_target_is_refused_with_the_model_s_weights(
         match="no block weight named attn_qkv; its linear weights are attn_k, attn_output",
     ):
         run(tiny_f32, corpus, tmp_path / "x.gguf", tmp_path, targets=["attn_qkv"])
+
+
+def test_linear_decay_and_max_steps(tiny_f32: Path, corpus: Path, tmp_path: Path) -> None:
+    events: list[dict[str, object]] = []
+    request = TrainingRequest(
+        tiny_f32,
+        corpus,
+        tmp_path / "a.gguf",
+        tiny_settings(max_steps=5, lr_decay="linear", optimizer="sgd", learning_rate=0.1),
+        tmp_path,
+    )
+    result = train(request, events.append)
+    steps = [e for e in events if e["event"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5] and result.steps == 5
+    assert [e["learning_rate"] for e in steps] == pytest.approx([0.1, 0.08, 0.06, 0.04, 0.02])
+    assert all(float(str(e["tokens_per_s"])) > 0 and e["epoch"] == 1 for e in steps)
+    assert read_adapter(tmp_path / "a.gguf").metadata["appliance.training.optimizer"] == "sgd"
