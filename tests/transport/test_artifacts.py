@@ -137,3 +137,30 @@ def test_manifest_is_rebuilt_when_the_broker_allows_smaller_packets(
         assert sender.counters.get("disconnects", 0) == 0
     finally:
         sender.stop()
+
+
+def test_artifact_is_handed_over_again_after_the_handler_failed(
+    tmp_path: Path, broker: Mosquitto, keys: Callable[[str], NodeKey], trust: TrustStore
+) -> None:
+    calls: list[str] = []
+
+    def flaky(manifest: Any, sha: str) -> None:
+        calls.append(sha)
+        if len(calls) == 1:
+            raise OSError("disk full (simulated by the handler)")
+
+    agg = start_node(keys("agg"), trust, mqtt_settings(broker), tmp_path / "agg", on_received=flaky)
+    box = start_node(keys("box1"), trust, mqtt_settings(broker), tmp_path / "box1")
+    try:
+        box.client.wait_connected(WAIT_S)
+        data = os.urandom(100_000)
+        box.sender.send_artifact("update", data, ["agg"])
+        wait_for(lambda: agg.counters.get("handler_failed"), "the failing hand-over")
+        assert box.outbox.count() == 1  # no ack for an artifact the application did not take
+        broker.restart()  # on reconnect the receiver hands over what it verified earlier
+        wait_for(lambda: box.outbox.count() == 0, "the ack after the second hand-over")
+        assert calls == [hashlib.sha256(data).hexdigest()] * 2
+        assert agg.counters["artifacts_received"] == 1
+    finally:
+        box.stop()
+        agg.stop()

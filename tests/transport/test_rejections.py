@@ -18,7 +18,7 @@ from appliance.identity import NodeKey, TrustStore, generate_key_pair
 from appliance.transport.client import MqttClient
 from appliance.transport.outbox import Outbox
 from appliance.transport.topics import Topics
-from appliance.transport.wire import Ack, encode_chunk, seal
+from appliance.transport.wire import Ack, Want, encode_chunk, seal
 from tests.support.mosquitto import Mosquitto
 from tests.transport.conftest import WAIT_S, mqtt_settings
 from tests.transport.forge import chunks_for, manifest_for, sealed, sealed_text
@@ -234,6 +234,15 @@ def test_forged_and_mismatched_acks_do_not_release_the_outbox(
         raw.publish(TOPICS.ack("mallory", "box1", aid), seal(outsider, mallory))
         _expect(box, "not_recipient")
         assert box.outbox.count() == 1
+        want_topic = TOPICS.want("agg", "box1", aid)
+        raw.publish(want_topic, b'{"v": 1, "body": "{\\"v\\": 1}", "signature": "%%%"}')
+        _expect(box, "malformed")
+        lying = Want(artifact_id=aid, sender="box1", receiver="mallory", ranges=((0, 1),))
+        raw.publish(want_topic, seal(lying, agg_key))
+        _expect(box, "sender_mismatch")
+        raw.publish(want_topic, seal(lying, mallory))
+        _expect(box, "bad_signature", 2)
+        assert box.counters.get("wants_received", 0) == 0
         genuine = Ack(artifact_id=aid, sender="box1", receiver="agg", sha256=sha)
         raw.publish(TOPICS.ack("agg", "box1", aid), seal(genuine, agg_key))
         wait_for(lambda: box.outbox.count() == 0, "the genuine ack")
