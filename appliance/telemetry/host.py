@@ -109,8 +109,8 @@ class PrimaryHost:
             )
         self.alerts = AlertTracker(store.active_alerts())
         self._last_compact_ms = 0
-        self.client = MqttClient(
-            mqtt, f"{host_id}-sparkplug-host", will_factory=self._will, clean_start=True
+        self.client = MqttClient(  # a tick a second: commits and alert checks are batched
+            mqtt, f"{host_id}-sparkplug-host", will_factory=self._will, clean_start=True, tick_s=1.0
         )
         self.client.subscribe(f"spBv1.0/{group_id}/#", self._on_message)
         self.client.on_connected(self._announce)

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
@@ -77,9 +78,12 @@ _FIELD = {
 }
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One metric value; `name` is sent in births, `alias` alone in data messages."""
+class Metric(NamedTuple):
+    """One metric value; `name` is sent in births, `alias` alone in data messages.
+
+    A named tuple rather than a frozen dataclass: the host builds one per value received,
+    tens of thousands a second, and tuple construction is several times cheaper.
+    """
 
     name: str | None
     datatype: DataType
@@ -89,8 +93,7 @@ class Metric:
     is_historical: bool = False
 
 
-@dataclass(frozen=True)
-class Payload:
+class Payload(NamedTuple):
     """A decoded payload; `seq` is None only in NDEATH."""
 
     timestamp_ms: int | None
@@ -253,7 +256,9 @@ def _decode_metric(index: int, metric: pb.Payload.Metric, known: Known) -> Metri
 def _datatype(
     metric: pb.Payload.Metric, name: str | None, alias: int | None, known: Known, where: str
 ) -> DataType:
-    declared = next((known[key] for key in (alias, name) if key is not None and key in known), None)
+    declared = known.get(alias) if alias is not None else None  # type: ignore[arg-type]
+    if declared is None and name is not None:
+        declared = known.get(name)
     if not metric.HasField("datatype"):
         if declared is None:
             raise SparkplugError(f"{where}: no datatype, and none declared in the birth")

@@ -4,7 +4,8 @@ Tables: `nodes` (online state per box), `latest` (current value of every metric,
 text), `samples` (numeric history, raw), `rollups` (min/mean/max per bucket for samples
 older than the raw retention) and `alerts` (firing and resolved). Writes from the host are
 batched into one transaction per tick (`commit()`): at thousands of messages a second a
-commit per message would be the bottleneck. Readers see the last committed tick.
+commit (or even a statement) per message would be the bottleneck: rows wait in memory and
+go in with one `executemany` per table per batch. Readers see the last committed tick.
 """
 
 import math
@@ -98,6 +99,9 @@ class FleetStore:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self._samples: list[tuple[str, str, int, float]] = []
+        self._latest: list[tuple[str, str, float | None, str | None, int]] = []
+        self._seen: dict[str, int] = {}
         if read_only:
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
             return
@@ -110,13 +114,30 @@ class FleetStore:
 
     def close(self) -> None:
         if self._db.in_transaction:
+            self._flush()
             self._db.execute("COMMIT")
         self._db.close()
 
     def commit(self) -> None:
-        """End the current batch (readers see it) and start the next one."""
+        """Write the batch, end it (readers see it) and start the next one."""
+        self._flush()
         self._db.execute("COMMIT")
         self._db.execute("BEGIN")
+
+    def _flush(self) -> None:
+        """Rows of `record` and `node_seen` wait here: one statement per batch, not per row."""
+        self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?)", self._samples)
+        self._db.executemany(
+            "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, metric) DO UPDATE SET "
+            "number = excluded.number, text = excluded.text, ts_ms = excluded.ts_ms "
+            "WHERE excluded.ts_ms >= latest.ts_ms",
+            self._latest,
+        )
+        self._db.executemany(
+            "UPDATE nodes SET last_seen_ms = ? WHERE node = ?",
+            [(seen, node) for node, seen in self._seen.items()],
+        )
+        self._samples, self._latest, self._seen = [], [], {}
 
     # ------------------------------------------------------------ writes
     def node_online(self, node: str, bdseq: int, now_ms: int) -> None:
@@ -128,7 +149,7 @@ class FleetStore:
         )
 
     def node_seen(self, node: str, now_ms: int) -> None:
-        self._db.execute("UPDATE nodes SET last_seen_ms = ? WHERE node = ?", (now_ms, node))
+        self._seen[node] = now_ms
 
     def node_offline(self, node: str, reason: str, now_ms: int) -> None:
         self._db.execute(
@@ -141,26 +162,13 @@ class FleetStore:
         self, node: str, values: Iterable[tuple[str, Value, int]], *, historical: bool = False
     ) -> None:
         """Store `(metric, value, timestamp_ms)`; historical values skip `latest`."""
-        rows = list(values)
-        self._db.executemany(
-            "INSERT INTO samples VALUES (?, ?, ?, ?)",
-            [
-                (node, name, ts, number)
-                for name, value, ts in rows
-                if (number := as_number(value)) is not None
-            ],
-        )
-        if historical:
-            return
-        self._db.executemany(
-            "INSERT INTO latest VALUES (?, ?, ?, ?, ?) ON CONFLICT (node, metric) DO UPDATE SET "
-            "number = excluded.number, text = excluded.text, ts_ms = excluded.ts_ms "
-            "WHERE excluded.ts_ms >= latest.ts_ms",
-            [
-                (node, name, as_number(value), value if isinstance(value, str) else None, ts)
-                for name, value, ts in rows
-            ],
-        )
+        for name, value, ts in values:
+            number = as_number(value)
+            if number is not None:
+                self._samples.append((node, name, ts, number))
+            if not historical:
+                text = value if isinstance(value, str) else None
+                self._latest.append((node, name, number, text, ts))
 
     def alert_fired(self, alert: AlertRow) -> None:
         self._db.execute(
@@ -181,6 +189,7 @@ class FleetStore:
         Returns the number of raw samples folded. Buckets already present (a sample that
         arrived late, as historical data) are merged by count-weighted mean.
         """
+        self._flush()
         cutoff = now_ms - raw_keep_ms
         self._db.execute(
             "INSERT INTO rollups SELECT node, metric, (ts_ms / ?) * ?, COUNT(*), MIN(value), "
