@@ -95,3 +95,19 @@ def test_driver_not_loaded_is_absent(monkeypatch: pytest.MonkeyPatch) -> None:
         "present": False,
         "reason": "Driver Not Loaded",
     }
+
+
+def test_nvml_failures_are_errors_not_absence(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_permission() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+
+    def gone(_index: int) -> Any:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+
+    _record(monkeypatch, nvmlInit=no_permission)
+    assert gpu.read(Path("/"))["errors"] == ["Insufficient Permissions"]
+    calls = _record(monkeypatch, nvmlDeviceGetHandleByIndex=gone)
+    reading = READING.validate_python(gpu.read(Path("/")))
+    assert isinstance(reading, GpuReading)
+    assert (reading.present, reading.errors) == (False, ["GPU is lost"])
+    assert calls == ["init", "shutdown"]

@@ -13,11 +13,9 @@ from appliance.telemetry.probes.sysfs import probe_main
 
 T = TypeVar("T")
 
-_ABSENT_ERRORS = (
-    "NVMLError_LibraryNotFound",
-    "NVMLError_DriverNotLoaded",
-    "NVMLError_NoPermission",
-)
+_ABSENT_ERRORS = ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
+"""No NVIDIA driver on this box. Any other failure of nvmlInit (no permission on /dev/nvidia*,
+a driver/library mismatch) is reported as an error: the GPU is there but unusable."""
 
 
 def read(_root: Path) -> dict[str, Any]:
@@ -37,6 +35,8 @@ def read(_root: Path) -> dict[str, Any]:
         count = pynvml.nvmlDeviceGetCount()
         gpus = [_device(pynvml, index, errors) for index in range(count)]
         driver = _call(pynvml, pynvml.nvmlSystemGetDriverVersion, errors, "driver version")
+    except pynvml.NVMLError as exc:  # no device list or handle: nothing more to read
+        return {"probe": "gpu", "present": False, "reason": str(exc), "errors": [str(exc)]}
     finally:
         pynvml.nvmlShutdown()
     return {
