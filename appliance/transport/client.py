@@ -125,14 +125,21 @@ class MqttClient:
         self._connected = threading.Event()
         self._stopping = False
         self._subscribe_mid: int | None = None
+        self._generation = 0  # connections so far; a PUBACK belongs to the one it came on
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._worker = threading.Thread(target=self._run, name=f"mqtt-{client_id}", daemon=True)
         self._paho = self._make_paho(will)
 
     # ----------------------------------------------------------------- set-up
     def _make_paho(self, will: Will | None) -> paho.Client:
+        # manual_ack: a QoS 1 message is acknowledged only after its handler ran, so the
+        # broker's in-flight limit bounds what waits in our queue (memory stays flat however
+        # fast chunks arrive) and a message lost to a crash before handling is re-sent.
         client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
         )
         client.enable_logger(logging.getLogger("appliance.transport.paho"))
         client.reconnect_delay_set(1, self.settings.reconnect_max_delay_s)
@@ -281,6 +288,7 @@ class MqttClient:
             self.counters.inc("connect_refused")
             log.error("broker refused the connection: %s (0x%02x)", reason, reason.value)
             return
+        self._generation += 1
         limit = getattr(properties, "MaximumPacketSize", None)
         self._broker_limit = int(limit) if limit else None
         self.counters.inc("connects")
@@ -330,7 +338,8 @@ class MqttClient:
 
     def _cb_message(self, _client: paho.Client, _userdata: object, msg: paho.MQTTMessage) -> None:
         message = Inbound(msg.topic, bytes(msg.payload), bool(msg.retain))
-        self._work.put(lambda: self._dispatch(message))
+        mid, qos, generation = msg.mid, msg.qos, self._generation
+        self._work.put(lambda: self._handle(message, mid, qos, generation))
 
     def _cb_publish(
         self,
@@ -375,10 +384,17 @@ class MqttClient:
         if on_done is not None:
             on_done(PublishResult(topic, ok, str(reason)))
 
-    def _dispatch(self, message: Inbound) -> None:
-        for topic_filter, handler in self._handlers:
-            if paho.topic_matches_sub(topic_filter, message.topic):
-                handler(message)
+    def _handle(self, message: Inbound, mid: int, qos: int, generation: int) -> None:
+        try:
+            for topic_filter, handler in self._handlers:
+                if paho.topic_matches_sub(topic_filter, message.topic):
+                    handler(message)
+        finally:
+            # Acknowledge even when a handler failed (it logged why): an unacknowledged
+            # message would come back after every reconnect. Across a reconnect the broker
+            # re-sends it under the new connection instead, so an old mid is not acked.
+            if qos > 0 and generation == self._generation:
+                self._paho.ack(mid, qos)
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self._tick_s
