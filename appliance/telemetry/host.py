@@ -165,7 +165,7 @@ class PrimaryHost:
                 raise SparkplugError(f"NBIRTH seq is {payload.seq}, must be 0")
         except SparkplugError as exc:
             self._reject("nbirth", f"rejected NBIRTH from {node}: {exc}")
-            self._ask_rebirth(node, force=True)
+            self._ask_rebirth(node)
             return
         now = self._clock()
         session = _Session(bdseq=bdseq, last_seen_ms=now, online=True)
@@ -257,11 +257,13 @@ class PrimaryHost:
         self.store.node_offline(node, reason, now)
         log.warning("box %s offline: %s", node, reason)
 
-    def _ask_rebirth(self, node: str, *, force: bool = False) -> None:
+    def _ask_rebirth(self, node: str) -> None:
+        """NCMD Rebirth, at most once per `REBIRTH_RETRY_MS` per box (a box that keeps
+        sending bad births must not turn the host into a rebirth loop)."""
         session = self._sessions.setdefault(node, _Session())
         now = self._clock()
         asked = session.rebirth_asked_ms
-        if not force and asked is not None and now - asked < REBIRTH_RETRY_MS:
+        if asked is not None and now - asked < REBIRTH_RETRY_MS:
             return
         session.rebirth_asked_ms = now
         command = Payload(now, None, (Metric(REBIRTH, DataType.BOOLEAN, True, timestamp_ms=now),))
