@@ -191,6 +191,7 @@ class MqttClient:
     def stop(self) -> None:
         """Disconnect cleanly and stop both threads. Unsent work stays in the outbox."""
         self._stopping = True
+        self._paho.disable_logger()  # paho logs its own orderly shutdown as errors
         if self._connected.is_set():
             self._paho.disconnect()
         self._paho.loop_stop()

@@ -129,3 +129,4 @@ def test_acl_confines_each_box_to_its_own_topics_and_reports_not_authorized(
     assert [m.payload for m in got] == [b"genuine"]
     assert box_a.counters.get("publish_refused") == 1
     assert box_a.counters.get("disconnects") == 0
+
