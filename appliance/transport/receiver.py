@@ -108,7 +108,13 @@ class _Incoming:
 
 
 class Receiver:
-    """The receiving half of the artifact protocol, for one node."""
+    """The receiving half of the artifact protocol, for one node.
+
+    `senders` limits the subscription: a box listens to its aggregator only (otherwise the
+    broker, unless its ACL forbids it, sends it every other box's chunks too); the
+    aggregator listens to `+`. The handler runs in the client's worker thread: it should
+    move the file and return.
+    """
 
     def __init__(
         self,
