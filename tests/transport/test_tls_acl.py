@@ -17,9 +17,13 @@ from tests.transport.waiting import wait_for
 
 TOPICS = Topics("plant1")
 ACL = """\
-# Every node writes only below its own name (the 5th level); everyone reads the plant.
+# The aggregator reads the whole plant; every node writes only below its own name (the 5th
+# level); boxes read only what the aggregator writes (docs/protocol.md).
+user agg
+topic read appliance/v1/plant1/#
+
 pattern write appliance/v1/plant1/+/%u/#
-pattern read appliance/v1/plant1/#
+pattern read appliance/v1/plant1/+/agg/#
 """
 
 
@@ -130,3 +134,26 @@ def test_acl_confines_each_box_to_its_own_topics_and_reports_not_authorized(
     assert box_a.counters.get("publish_refused") == 1
     assert box_a.counters.get("disconnects") == 0
 
+
+def test_boxes_read_the_aggregator_but_not_each_other(
+    tls_broker: Mosquitto, pki: TestCA, clients: Callable[..., MqttClient]
+) -> None:
+    box_b = _client(tls_broker, pki, clients, "boxB")
+    seen_by_b: list[Inbound] = []
+    box_b.subscribe(TOPICS.messages_from(), seen_by_b.append)
+    box_b.start()
+    box_b.wait_connected(WAIT_S)
+    agg = _client(tls_broker, pki, clients, "agg")
+    seen_by_agg: list[Inbound] = []
+    agg.subscribe(TOPICS.messages_from(), seen_by_agg.append)
+    agg.start()
+    agg.wait_connected(WAIT_S)
+    box_a = _client(tls_broker, pki, clients, "boxA")
+    box_a.start()
+    box_a.wait_connected(WAIT_S)
+    box_a.publish(TOPICS.message("boxA", "status"), b"from boxA")
+    wait_for(lambda: seen_by_agg, "boxA's message at the aggregator")
+    # Published after the broker routed boxA's message: once boxB has it, boxA's would be in.
+    agg.publish(TOPICS.message("agg", "round"), b"from agg")
+    wait_for(lambda: seen_by_b, "the aggregator's message at boxB")
+    assert [m.payload for m in seen_by_b] == [b"from agg"]
