@@ -164,3 +164,20 @@ def test_artifact_is_handed_over_again_after_the_handler_failed(
     finally:
         box.stop()
         agg.stop()
+
+
+def test_artifact_for_several_recipients_leaves_the_outbox_after_the_last_ack(
+    broker: Mosquitto, keys: Callable[[str], NodeKey], nodes: Callable[..., Node]
+) -> None:
+    agg = nodes(keys("agg"), broker, TransferSettings(resend_after_s=1))
+    box1 = nodes(keys("box1"), broker)
+    data = os.urandom(300_000)
+    box2_key = keys("box2")  # box2 is offline when the global adapter goes out
+    agg.sender.send_artifact("global_adapter", data, ["box1", "box2"])
+    wait_for(lambda: agg.outbox.artifacts()[0].acked == {"box1"}, "box1's ack")
+    assert agg.outbox.count() == 1
+    box2 = nodes(box2_key, broker, TransferSettings(request_after_s=1))
+    # box2 never saw the manifest: the aggregator re-announces, box2 asks for everything.
+    wait_for(lambda: box2.received and agg.outbox.count() == 0, "box2's copy and ack", 120)
+    digest = hashlib.sha256(data).hexdigest()
+    assert [sha for _, sha in box1.received + box2.received] == [digest, digest]
