@@ -7,6 +7,7 @@ are pure functions of the values, so a test feeds values and reads alerts; `Aler
 turns successive evaluations into `firing` and `resolved` events, once each.
 """
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -51,9 +52,9 @@ def evaluate(values: Values, limits: Thresholds) -> list[Alert]:
     """Every hardware alert that holds for these values."""
     alerts = []
     for name, value in values.items():
-        rules = _RULES.get(name.partition("/")[0])
-        if rules is None:
-            continue  # most metrics (CPU, power, inventory...) have no rule
+        rules = _rules_for(name)
+        if not rules:
+            continue  # most metrics (CPU, power, inventory, limits...) have no rule
         metric = _Metric(name, value, values, limits)
         alerts.extend(alert for rule in rules if (alert := rule(metric)) is not None)
     return sorted(alerts, key=lambda alert: alert.key)
@@ -83,13 +84,11 @@ class _Metric:
     def sibling(self, quantity: str) -> float | None:
         return _num(self.values.get(f"{self.base}/{quantity}"))
 
-    def is_(self, area: str, quantity: str) -> bool:
-        return self.name.startswith(area + "/") and self.name.endswith("/" + quantity)
+
+Rule = Callable[[_Metric], Alert | None]
 
 
 def _temperature(x: _Metric) -> Alert | None:
-    if not x.is_("Thermal", m.TEMPERATURE):
-        return None
     crit = x.sibling(m.CRIT)
     if x.number is not None and crit is not None and x.number >= crit:
         text = f"{x.subject}: {x.number:g} °C at or above its critical {crit:g} °C"
@@ -99,36 +98,43 @@ def _temperature(x: _Metric) -> Alert | None:
     return None
 
 
-def _smart_verdict(x: _Metric) -> Alert | None:
-    if x.is_("SMART", m.SMART_FAILING) and x.number == 1.0:
+def _smart_failing(x: _Metric) -> Alert | None:
+    if x.number == 1.0:
         return Alert("smart_failing", x.subject, CRITICAL, f"disk {x.subject}: SMART failing")
-    if x.is_("SMART", m.SMART_PREFAIL) and x.number == 1.0:
+    return None
+
+
+def _smart_prefail(x: _Metric) -> Alert | None:
+    if x.number == 1.0:
         text = f"disk {x.subject}: a pre-failure attribute is at its threshold"
         return Alert("smart_prefail", x.subject, WARNING, text)
     return None
 
 
-def _nvme(x: _Metric) -> Alert | None:
-    if x.is_("SMART", m.NVME_CRITICAL_WARNING) and (x.number or 0) > 0:
+def _nvme_warning(x: _Metric) -> Alert | None:
+    if (x.number or 0) > 0:
         text = f"disk {x.subject}: NVMe critical warning 0x{int(x.number or 0):02x}"
         return Alert("nvme_critical_warning", x.subject, CRITICAL, text)
+    return None
+
+
+def _nvme_spare(x: _Metric) -> Alert | None:
     threshold = x.sibling(m.NVME_SPARE_THRESHOLD)
-    spare = x.number if x.is_("SMART", m.NVME_SPARE) else None
-    if spare is not None and threshold is not None and spare < threshold:
-        text = f"disk {x.subject}: spare {spare:g}% below its threshold {threshold:g}%"
+    if x.number is not None and threshold is not None and x.number < threshold:
+        text = f"disk {x.subject}: spare {x.number:g}% below its threshold {threshold:g}%"
         return Alert("nvme_spare_low", x.subject, CRITICAL, text)
     return None
 
 
 def _edac(x: _Metric) -> Alert | None:
-    if x.is_("EDAC", m.EDAC_UNCORRECTABLE) and (x.number or 0) > 0:
+    if (x.number or 0) > 0:
         text = f"{x.subject}: {x.number:g} uncorrectable memory errors"
         return Alert("edac_uncorrectable", x.subject, CRITICAL, text)
     return None
 
 
 def _filesystem(x: _Metric) -> Alert | None:
-    if x.name != m.FREE_PERCENT or x.number is None:
+    if x.number is None:
         return None
     for severity, limit in (
         (CRITICAL, x.limits.filesystem_critical_free_percent),
@@ -142,28 +148,41 @@ def _filesystem(x: _Metric) -> Alert | None:
 
 def _memory(x: _Metric) -> Alert | None:
     limit = x.limits.memory_warning_used_percent
-    if x.name == m.MEMORY_USED_PERCENT and (x.number or 0) > limit:
+    if (x.number or 0) > limit:
         text = f"memory {x.number:g}% used, above {limit:g}%"
         return Alert("memory_high", "memory", WARNING, text)
     return None
 
 
 def _probe(x: _Metric) -> Alert | None:
-    if x.is_("Probe", m.PROBE_OK) and x.number == 0.0:
+    if x.number == 0.0:
         reason = x.values.get(f"{x.base}/Errors") or "no reason given"
         return Alert("probe_failed", x.subject, WARNING, f"probe {x.subject} failed: {reason}")
     return None
 
 
-_RULES: dict[str, tuple[Callable[[_Metric], Alert | None], ...]] = {
-    "Thermal": (_temperature,),
-    "SMART": (_smart_verdict, _nvme),
-    "EDAC": (_edac,),
-    "Disk": (_filesystem,),
-    "Memory": (_memory,),
-    "Probe": (_probe,),
-}
-"""Rules by the first level of the metric name: a box sends dozens of metrics a minute."""
+_RULES: tuple[tuple[str, str, Rule], ...] = (
+    ("Thermal/", "/" + m.TEMPERATURE, _temperature),
+    ("SMART/", "/" + m.SMART_FAILING, _smart_failing),
+    ("SMART/", "/" + m.SMART_PREFAIL, _smart_prefail),
+    ("SMART/", "/" + m.NVME_CRITICAL_WARNING, _nvme_warning),
+    ("SMART/", "/" + m.NVME_SPARE, _nvme_spare),
+    ("EDAC/", "/" + m.EDAC_UNCORRECTABLE, _edac),
+    (m.FREE_PERCENT, "", _filesystem),
+    (m.MEMORY_USED_PERCENT, "", _memory),
+    ("Probe/", "/" + m.PROBE_OK, _probe),
+)
+"""(name prefix, name suffix, rule): which metric each rule looks at."""
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _rules_for(name: str) -> tuple[Rule, ...]:
+    """The rules that apply to a metric name (cached: the host asks per value received)."""
+    return tuple(
+        rule
+        for prefix, suffix, rule in _RULES
+        if name.startswith(prefix) and name.endswith(suffix) and (suffix or name == prefix)
+    )
 
 
 def offline_alert(
