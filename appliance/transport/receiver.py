@@ -166,7 +166,8 @@ class Receiver:
 
     # ------------------------------------------------------------ start-up
     def _load(self) -> None:
-        """Continue the transfers a previous run left unfinished."""
+        """Continue the transfers a previous run left unfinished; delete stray files."""
+        self._remove_strays()
         rows = self._db.execute(
             "SELECT envelope FROM transfers WHERE state = 'receiving'"
         ).fetchall()
@@ -188,6 +189,21 @@ class Receiver:
                 manifest.chunk_count,
             )
             self._incoming[incoming.key] = incoming
+
+    def _remove_strays(self) -> None:
+        """Files a crash left between a rename and its commit; their transfer restarts."""
+        keep: set[str] = set()
+        for state, envelope in self._db.execute(
+            "SELECT state, envelope FROM transfers WHERE state IN ('receiving', 'complete')"
+        ):
+            manifest = read_sealed(bytes(envelope), Manifest)
+            name = f"{manifest.sender}.{manifest.artifact_id}"
+            keep.add(f"{name}.part" if state == "receiving" else f"{name}.{manifest.kind}")
+        for directory in (self._partial_dir, self._inbox_dir):
+            for path in directory.iterdir():
+                if path.name not in keep:
+                    log.info("removing stray transfer file %s", path)
+                    path.unlink(missing_ok=True)
 
     def _open(self, manifest: Manifest, envelope: bytes, have: set[int]) -> _Incoming:
         partial = self._partial_dir / f"{manifest.sender}.{manifest.artifact_id}.part"
