@@ -143,3 +143,19 @@ def test_a_run_estimated_above_the_memory_limit_is_refused_before_it_starts(
     ):
         train(request)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worker_runs_at_the_configured_nice_level(
+    tiny_f32: Path, corpus: Path, tmp_path: Path
+) -> None:
+    seen: list[int] = []
+
+    def look(event: dict[str, Any]) -> None:
+        if event["event"] == "step" and not seen:
+            seen.append(os.getpriority(os.PRIO_PROCESS, int(event["worker_pid"])))
+
+    request = TrainingRequest(
+        tiny_f32, corpus, tmp_path / "a.gguf", tiny_settings(nice=7, max_steps=2), tmp_path
+    )
+    train(request, look)
+    assert seen == [max(7, os.nice(0))]
