@@ -50,7 +50,7 @@ class AlertEvent:
 
 def evaluate(values: Values, limits: Thresholds) -> list[Alert]:
     """Every hardware alert that holds for these values."""
-    alerts = []
+    alerts: list[Alert] = []
     for name, value in values.items():
         rules = _rules_for(name)
         if not rules:

@@ -28,6 +28,7 @@ from appliance.telemetry.sparkplug import (
     Payload,
     SparkplugError,
     Topic,
+    Value,
     decode,
     encode,
     encode_state,
@@ -232,11 +233,14 @@ class PrimaryHost:
     def _store(
         self, node: str, session: _Session, metrics: tuple[Metric, ...], sent_ms: int
     ) -> None:
-        live, past = [], []
+        live: list[tuple[str, Value, int]] = []
+        past: list[tuple[str, Value, int]] = []
         for metric in metrics:
             name = metric.name if metric.name is not None else session.names[metric.alias or 0]
             if not is_finite(metric):
-                self._reject("nonfinite", f"{node}: metric {name!r} is {metric.value}; not stored")
+                self._reject(
+                    "nonfinite", f"{node}: metric {name!r} is {metric.value!r}; not stored"
+                )
                 continue
             row = (name, metric.value, metric.timestamp_ms or sent_ms)
             (past if metric.is_historical else live).append(row)

@@ -12,11 +12,13 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from appliance.telemetry import sparkplug_b_pb2 as pb
+
+_PbMetric = Any  # protoc's generated classes carry no static types
 
 NAMESPACE = "spBv1.0"
 NODE_MESSAGES = ("NBIRTH", "NDEATH", "NDATA", "NCMD")
@@ -157,17 +159,17 @@ def decode_state(data: bytes) -> tuple[bool, int]:
 # ----------------------------------------------------------------- payloads
 def encode(payload: Payload, *, datatypes: bool = True) -> bytes:
     """Serialize; `datatypes=False` leaves them out (the spec's advice for NDATA and NCMD)."""
-    message = pb.Payload()
+    message = pb.Payload()  # type: ignore[attr-defined]
     if payload.timestamp_ms is not None:
         message.timestamp = payload.timestamp_ms
     if payload.seq is not None:
         message.seq = payload.seq
     for metric in payload.metrics:
         _encode_metric(message.metrics.add(), metric, datatypes)
-    return message.SerializeToString()
+    return bytes(message.SerializeToString())
 
 
-def _encode_metric(out: pb.Payload.Metric, metric: Metric, datatypes: bool) -> None:
+def _encode_metric(out: _PbMetric, metric: Metric, datatypes: bool) -> None:
     if metric.name is not None:
         out.name = metric.name
     if metric.alias is not None:
@@ -184,7 +186,7 @@ def _encode_metric(out: pb.Payload.Metric, metric: Metric, datatypes: bool) -> N
     value = metric.value
     if metric.datatype in _INT_BITS:
         bits, signed = _INT_BITS[metric.datatype]
-        value = _to_wire_int(int(value), bits, signed, metric)  # type: ignore[arg-type]
+        value = _to_wire_int(int(value), bits, signed, metric)
     setattr(out, _FIELD[metric.datatype], value)
 
 
@@ -213,7 +215,7 @@ def decode(
     """
     if len(data) > max_bytes:
         raise SparkplugError(f"payload is {len(data)} bytes, over the {max_bytes}-byte limit")
-    message = pb.Payload()
+    message = pb.Payload()  # type: ignore[attr-defined]
     try:
         message.ParseFromString(data)
     except DecodeError as exc:
@@ -228,7 +230,7 @@ def decode(
     return Payload(timestamp, seq, metrics)
 
 
-def _decode_metric(index: int, metric: pb.Payload.Metric, known: Known) -> Metric:
+def _decode_metric(index: int, metric: _PbMetric, known: Known) -> Metric:
     name = metric.name if metric.HasField("name") else None
     alias = metric.alias if metric.HasField("alias") else None
     if name is None and alias is None:
@@ -242,7 +244,7 @@ def _decode_metric(index: int, metric: pb.Payload.Metric, known: Known) -> Metri
             raise SparkplugError(f"{where}: {datatype.name} value sent in {field}")
         value = getattr(metric, field)
         if datatype in _INT_BITS:
-            value = _from_wire_int(int(value), *_INT_BITS[datatype], where)  # type: ignore[arg-type]
+            value = _from_wire_int(int(value), *_INT_BITS[datatype], where)
     return Metric(
         name=name,
         datatype=datatype,
@@ -254,9 +256,9 @@ def _decode_metric(index: int, metric: pb.Payload.Metric, known: Known) -> Metri
 
 
 def _datatype(
-    metric: pb.Payload.Metric, name: str | None, alias: int | None, known: Known, where: str
+    metric: _PbMetric, name: str | None, alias: int | None, known: Known, where: str
 ) -> DataType:
-    declared = known.get(alias) if alias is not None else None  # type: ignore[arg-type]
+    declared = known.get(alias) if alias is not None else None
     if declared is None and name is not None:
         declared = known.get(name)
     if not metric.HasField("datatype"):

@@ -43,10 +43,8 @@ class Tree:
 
     def integer(self, path: Path) -> int | None:
         """An integer attribute (`temp1_input` is millidegrees, for example)."""
-        return self._parse(path, int, "not an integer")
-
-    def number(self, path: Path) -> float | None:
-        return self._parse(path, float, "not a number")
+        value: int | None = self._parse(path, int, "not an integer")
+        return value
 
     def _parse(self, path: Path, kind: Callable[[str], Any], reason: str) -> Any:
         raw = self.text(path)
