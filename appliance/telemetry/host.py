@@ -65,6 +65,7 @@ class _Session:
     values: dict[str, float | str | None] = field(default_factory=dict)
     last_seen_ms: int = 0
     online: bool = False
+    born: bool = False  # aliases known: only an NBIRTH seen by this process gives them
     offline_since_ms: int | None = None
     offline_reason: str | None = None
     rebirth_asked_ms: int | None = None
@@ -100,13 +101,13 @@ class PrimaryHost:
         self._clock = clock
         self._state_timestamp = 0
         self._sessions: dict[str, _Session] = {}
-        for row in store.nodes():  # offline timers and alerts survive a host restart
+        for row in store.nodes():  # online state, timers and alerts survive a host restart
             self._sessions[row.node] = _Session(
-                bdseq=row.bdseq,
+                bdseq=row.bdseq,  # so the NDEATH of a session born before the restart counts
                 last_seen_ms=row.last_seen_ms,
-                online=False,
-                offline_since_ms=row.offline_since_ms or row.last_seen_ms,
-                offline_reason=row.offline_reason or "host restarted",
+                online=row.online,  # until its NDEATH or silence, like any live box
+                offline_since_ms=row.offline_since_ms,
+                offline_reason=row.offline_reason,
             )
         self.alerts = AlertTracker(store.active_alerts())
         self._last_compact_ms = 0
@@ -169,7 +170,7 @@ class PrimaryHost:
             self._ask_rebirth(node)
             return
         now = self._clock()
-        session = _Session(bdseq=bdseq, last_seen_ms=now, online=True)
+        session = _Session(bdseq=bdseq, last_seen_ms=now, online=True, born=True)
         for metric in payload.metrics:
             if metric.name is None:
                 continue
@@ -185,7 +186,7 @@ class PrimaryHost:
     def _data(self, topic: Topic, data: bytes) -> None:
         node = topic.edge_node
         session = self._sessions.get(node)
-        if session is None or not session.online:
+        if session is None or not session.online or not session.born:
             self._reject("unborn", f"NDATA from {node} without a current NBIRTH; asking rebirth")
             self._ask_rebirth(node)
             return

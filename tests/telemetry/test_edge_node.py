@@ -288,3 +288,18 @@ def test_non_finite_values_are_refused_at_the_probe_model(value: float) -> None:
                 "errors": [],
             }
         )
+
+
+def test_graceful_stop_publishes_the_ndeath_itself(
+    edge_nodes: NodeFactory, observer: Observer
+) -> None:
+    """A clean DISCONNECT discards the Will, so a stopping node publishes its NDEATH first
+    (tck-id-operational-behavior-edge-node-termination); NDEATH carries no seq."""
+    node = edge_nodes("box1")
+    node.update(VALUES)
+    birth = _birth_with(observer, VALUES).decode()
+    node.stop()
+    death = observer.wait(1, "NDEATH on stop", topic=NDEATH)[0]
+    payload = death.decode()
+    assert (death.qos, payload.seq) == (1, None)
+    assert by_name(payload.metrics)[BDSEQ].value == by_name(birth.metrics)[BDSEQ].value

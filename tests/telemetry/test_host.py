@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -305,3 +306,34 @@ def test_killed_edge_reporter_goes_offline_through_its_will(
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_restarted_host_asks_live_boxes_for_a_rebirth(
+    tmp_path: Path, settings: Any, edge_nodes: Callable[..., Any], reader: Reader
+) -> None:
+    """After a host restart the boxes' sessions are unknown: their next NDATA is answered
+    with an NCMD Rebirth, the edge node re-births, and the box is online again."""
+    from tests.telemetry.test_edge_node import VALUES
+
+    node = edge_nodes("box1")
+    node.update(VALUES)
+    first = PrimaryHost(settings, "scada", GROUP, FleetStore(tmp_path / "scada.sqlite"))
+    first.start()
+    assert first.announced.wait(60)
+    node.update({**VALUES, "Memory/Used Percent": (D, 76.0)})  # the box was born before
+    wait_for(lambda: reader.online("box1"), "online with the first host, after a rebirth")
+    first.stop()
+    second = PrimaryHost(settings, "scada", GROUP, FleetStore(tmp_path / "scada.sqlite"))
+    second.start()
+    try:
+        assert second.announced.wait(60)
+        assert reader.online("box1") is True  # as the first host left it, until silence
+        node.update({**VALUES, "Memory/Used Percent": (D, 77.0)})
+        wait_for(lambda: second.rejected["unborn"] >= 1, "NDATA from a box unknown to it")
+        wait_for(
+            lambda: reader.latest("box1").get("Memory/Used Percent") == 77.0,
+            "the rebirth carries the current value",
+        )
+        assert reader.online("box1") is True
+    finally:
+        second.stop()
