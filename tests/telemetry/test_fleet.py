@@ -5,6 +5,7 @@ Mosquitto to the aggregator's fleet-health service; the CLI then reads its SQLit
 """
 
 import json
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -123,3 +124,24 @@ def test_fleet_status_needs_the_aggregator_store(
     edge_path, _ = edge_config(tmp_path, 1883, "box1", HEALTHY)
     assert main(["fleet", "status", "--config", str(edge_path)]) == 2
     assert "role: fleet status reads the aggregator's config" in capsys.readouterr().err
+
+
+def test_metrics_endpoint_escapes_labels_and_serves_only_metrics(tmp_path: Path) -> None:
+    from appliance.telemetry.prometheus import MetricsServer
+
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    store.node_online("box1", 0, 1_000)
+    store.record("box1", [('Thermal/odd "chip"\\x/Temperature C', 50.5, 1_000)])
+    store.commit()
+    server = MetricsServer(tmp_path / "fleet.sqlite", port=0)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/metrics") as response:
+            text = response.read().decode()
+        assert 'metric="Thermal/odd \\"chip\\"\\\\x/Temperature C"} 50.5' in text
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"{base}/")
+    finally:
+        server.stop()
+        store.close()
