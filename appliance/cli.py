@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(commands)
     _add_generate_command(commands)
     _add_audit_command(commands)
+    _add_daemon_commands(commands)
+    _add_demo_command(commands)
     _add_keygen_command(commands)
     _add_train_command(commands)
     _add_eval_command(commands)
@@ -121,6 +123,57 @@ def _add_audit_command(commands: Any) -> None:
     verify.add_argument("file", type=Path, help="audit log (JSON Lines)")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=_audit_verify)
+
+
+def _add_demo_command(commands: Any) -> None:
+    demo = commands.add_parser("demo", help="aggregator and boxes on this machine, real rounds")
+    demo.add_argument("--boxes", type=int, default=3, help="number of edge boxes")
+    demo.add_argument("--rounds", type=int, default=3, help="federated rounds to run")
+    demo.add_argument("--model", default="builtin", help="`builtin`, `tiny` or a GGUF path")
+    demo.add_argument("--dir", type=Path, help="keep everything here (default: a temp dir)")
+    demo.add_argument("--timeout", type=float, default=1800, help="give up after seconds")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from appliance.demo.run import run_demo
+
+    if args.boxes < 1 or args.rounds < 1:
+        print("appliance: error: --boxes and --rounds must be at least 1", file=sys.stderr)
+        return 2
+    summary = run_demo(
+        args.boxes,
+        args.rounds,
+        model=args.model,
+        directory=args.dir,
+        timeout_s=args.timeout,
+        quiet=args.json,
+    )
+    if args.json:
+        _print_json(summary)
+    return 0
+
+
+def _add_daemon_commands(commands: Any) -> None:
+    for role in ("edge", "aggregator"):
+        parser = commands.add_parser(role, help=f"the {role} daemon")
+        sub = parser.add_subparsers(title=f"{role} commands", metavar="COMMAND")
+        run = sub.add_parser("run", help=f"run the {role} daemon in the foreground")
+        run.add_argument("--config", type=Path, required=True, help="config file (TOML)")
+        run.set_defaults(handler=_edge_run if role == "edge" else _aggregator_run)
+
+
+def _edge_run(args: argparse.Namespace) -> int:
+    from appliance.edge.daemon import run
+
+    return run(args.config)
+
+
+def _aggregator_run(args: argparse.Namespace) -> int:
+    from appliance.aggregator.daemon import run
+
+    return run(args.config)
 
 
 def _audit_verify(args: argparse.Namespace) -> int:

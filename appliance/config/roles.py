@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 
 from appliance.config.base import Section
+from appliance.config.federation import EdgeFederationSettings, FleetSettings
 from appliance.config.health import EdgeHealthSettings, FleetHealthSettings
 from appliance.config.identity import IdentitySettings
 from appliance.config.logs import LoggingSettings
@@ -24,6 +25,9 @@ class EdgeConfig(Section):
     model: ModelSettings = Field(default_factory=ModelSettings, description="Base model.")
     training: TrainingSettings = Field(
         default_factory=TrainingSettings, description="LoRA training on the box."
+    )
+    federation: EdgeFederationSettings = Field(
+        default_factory=EdgeFederationSettings, description="Taking part in rounds."
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     outbox: OutboxSettings = Field(
@@ -51,6 +55,15 @@ class AggregatorConfig(Section):
         description="Base model the fleet adapts; the aggregator checks update shapes against it.",
     )
     rounds: RoundSettings = Field(default_factory=RoundSettings, description="Federated rounds.")
+    fleet: FleetSettings = Field(
+        default_factory=FleetSettings, description="Participants, codec and strategy."
+    )
+    training: TrainingSettings = Field(
+        default_factory=TrainingSettings,
+        description="The training plan announced to boxes with each round (rank, alpha, "
+        "targets, seed, freeze_a, learning rate, epochs, max_steps); boxes keep their own "
+        "resource settings.",
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="Broker connection.")
     outbox: OutboxSettings = Field(
         default_factory=OutboxSettings, description="Durable outbox bounds."

@@ -22,6 +22,12 @@ class RoundSettings(Section):
     deadline_s: int = Field(
         default=3600, ge=10, description="Time from a round's announcement to its deadline."
     )
+    reannounce_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="The open round is announced again at this interval, for boxes that "
+        "connected after it opened (boxes ignore announcements they already acted on).",
+    )
     max_update_mb: int = Field(
         default=64, ge=1, le=4096, description="Updates larger than this are rejected."
     )

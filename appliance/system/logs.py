@@ -4,15 +4,19 @@ Human output of a command goes to stdout; the log goes to stderr (journald under
 """
 
 import logging
+import os
 import sys
 
 _FORMAT = "%(levelname)s %(name)s: %(message)s"
+_TIMED_FORMAT = "%(asctime)s " + _FORMAT
 
 
 def setup_logging(level: str = "warning", llama_level: str = "error") -> None:
     """Send log records at `level` and above to stderr; llama.cpp's at `llama_level`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    # journald stamps every line itself; a terminal or a log file needs the time
+    under_journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(logging.Formatter(_FORMAT if under_journal else _TIMED_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -30,7 +30,7 @@ from appliance.config.training import TrainingSettings
 from appliance.data.records import read_records
 from appliance.data.windows import split_heldout
 from appliance.errors import ModelError, TrainingError
-from appliance.llm.adapters import BASE_SHA256_KEY, read_adapter, write_adapter
+from appliance.llm.adapters import BASE_SHA256_KEY, MetadataValue, read_adapter, write_adapter
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import open_gguf, read_model_info, tensor_shapes
 from appliance.llm.licenses import LicensePolicy
@@ -61,12 +61,21 @@ class TrainingRequest:
     policy: LicensePolicy | None = None
 
 
-def train(request: TrainingRequest, on_progress: Progress | None = None) -> TrainingResult:
-    """Prepare, run the worker, and return what it produced; `TrainingError` otherwise."""
+def train(
+    request: TrainingRequest,
+    on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
+) -> TrainingResult:
+    """Prepare, run the worker, and return what it produced; `TrainingError` otherwise.
+
+    Setting `stop` (from any thread) asks the worker to stop at its next step boundary, as
+    SIGTERM does when this runs in the main thread.
+    """
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as work:
         job, facts = prepare(request, Path(work))
-        result = _Supervision(job, request.stall_timeout_s, on_progress or _ignore).run()
+        supervision = _Supervision(job, request.stall_timeout_s, on_progress or _ignore, stop)
+        result = supervision.run()
     return TrainingResult(**facts, **result, seconds=time.monotonic() - began)
 
 
@@ -114,7 +123,7 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
             'window_tokens, fewer targets, base_precision = "same", or raise the limit'
         )
     start = write_adapter(work_dir / "start.gguf", factors, settings.alpha, info.architecture)
-    metadata = {
+    metadata: dict[str, MetadataValue] = {
         BASE_SHA256_KEY: info.sha256,
         "appliance.lora.rank": settings.rank,
         "appliance.lora.alpha": settings.alpha,
@@ -152,8 +161,16 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
 class _Supervision:
     """One worker process, followed until it ends."""
 
-    def __init__(self, job: TrainingJob, stall_timeout_s: float, on_progress: Progress) -> None:
+    def __init__(
+        self,
+        job: TrainingJob,
+        stall_timeout_s: float,
+        on_progress: Progress,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.job = job
+        self.stop = stop
+        self._stop_sent = False
         self.stall_timeout_s = stall_timeout_s
         self.on_progress = on_progress
         self.log_tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
@@ -194,6 +211,7 @@ class _Supervision:
         outcome: dict[str, Any] | None = None
         error: str | None = None
         while True:
+            self._pass_on_stop(process)
             try:
                 message = self.messages.get(timeout=POLL_S)
             except queue.Empty:
@@ -226,6 +244,12 @@ class _Supervision:
             cause = "aborted inside llama.cpp" if name == "SIGABRT" else f"killed by {name}"
             raise TrainingError(f"trainer worker was {cause}{self._tail()}")
         raise TrainingError(f"trainer worker exited with status {code}{self._tail()}")
+
+    def _pass_on_stop(self, process: subprocess.Popen[bytes]) -> None:
+        if self.stop is not None and self.stop.is_set() and not self._stop_sent:
+            self._stop_sent = True
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
 
     def _tail(self) -> str:
         lines = list(self.log_tail)

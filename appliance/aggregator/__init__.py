@@ -1,0 +1,1 @@
+"""The plant aggregator daemon: runs rounds, combines updates, publishes global adapters."""

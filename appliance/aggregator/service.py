@@ -1,0 +1,418 @@
+"""The aggregator's work, one step at a time: rounds, updates, aggregation, publication.
+
+Transport callbacks only queue events; `step()` (called by the daemon's main loop) does the
+work, so round state changes happen in one thread and every step is safe to interrupt: the
+round store and the audit log are on disk before anything is announced.
+"""
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.aggregator.strategy import build_strategy
+from appliance.config import AggregatorConfig
+from appliance.errors import ModelError
+from appliance.federation.audit import AuditLog
+from appliance.federation.codec import CodecSpec, DecodeError, decode_update
+from appliance.federation.global_adapter import (
+    initial_global_adapter,
+    load_global_adapter,
+    save_global_adapter,
+)
+from appliance.federation.messages import (
+    Evaluation,
+    GlobalPublished,
+    RoundAnnouncement,
+    TrainingPlan,
+)
+from appliance.federation.rounds import Round, RoundSpec, RoundState, RoundStore, StoredUpdate
+from appliance.federation.strategies import RejectedUpdateError
+from appliance.federation.updates import GlobalAdapter
+from appliance.identity import TrustStore
+from appliance.identity.own_key import node_key
+from appliance.llm.builtin import resolve_model_path
+from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.transport.node import NodeSettings, TransportNode
+from appliance.transport.outbox import Priority
+from appliance.transport.receiver import ReceivedArtifact
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _IncomingUpdate:
+    sender: str
+    round_id: str
+    path: Path
+
+
+class AggregatorService:
+    """Rounds for one plant."""
+
+    def __init__(self, config: AggregatorConfig) -> None:
+        self.config = config
+        self.state_dir = config.paths.state_dir
+        self.globals_dir = self.state_dir / "globals"
+        self.globals_dir.mkdir(parents=True, exist_ok=True)
+        model = resolve_model_path(config.model.model_path())
+        self.model_info = read_model_info(model, ModelError)
+        self._shapes = tensor_shapes(open_gguf(model, ModelError))
+        self.store = RoundStore(self.state_dir / "rounds.sqlite")
+        self.audit = AuditLog(self.state_dir / "audit.jsonl")
+        self.key = node_key(config.identity)
+        self.trust = TrustStore(config.identity.trust_dir)
+        self.current = self._load_or_create_global()
+        self._events: queue.Queue[_IncomingUpdate | tuple[Evaluation, str]] = queue.Queue()
+        self._inbox = self.state_dir / "updates"
+        self._inbox.mkdir(exist_ok=True)
+        self._next_round_at = 0.0
+        self._announced_at = 0.0
+        settings = NodeSettings(
+            config.identity.plant_id,
+            config.mqtt,
+            config.outbox,
+            config.transfer,
+            self.state_dir / "transport",
+        )
+        self.transport = TransportNode(self.key, self.trust, settings, self._on_artifact)
+        self.transport.on_message("+", "evaluation", Evaluation, self._on_evaluation)
+
+    # -- transport callbacks (worker thread): queue only ------------------------------------
+
+    def _on_artifact(self, artifact: ReceivedArtifact) -> None:
+        manifest = artifact.manifest
+        round_id = str(manifest.meta.get("round_id", ""))
+        if manifest.kind != "update" or not round_id:
+            log.warning(
+                "ignored artifact %s of kind %r from %s",
+                manifest.artifact_id,
+                manifest.kind,
+                manifest.sender,
+            )
+            return
+        target = self._inbox / f"{manifest.sender}.{manifest.artifact_id}.update"
+        shutil.move(artifact.path, target)
+        self._events.put(_IncomingUpdate(manifest.sender, round_id, target))
+
+    def _on_evaluation(self, evaluation: Evaluation, signer: str) -> None:
+        self._events.put((evaluation, signer))
+
+    # -- the main loop's step -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the broker."""
+        self.transport.start()
+
+    def stop(self) -> None:
+        """Disconnect and close stores."""
+        self.transport.stop()
+        self.store.close()
+
+    def step(self, now: float | None = None) -> str:
+        """Handle what arrived, close or open rounds; returns a status line."""
+        now = time.time() if now is None else now
+        self._drain_events(now)
+        changed = self.store.advance(now)
+        if changed is not None:
+            self._on_round_change(changed)
+        current = self.store.current()
+        if current is None and self._may_open(now):
+            self._open_round(now)
+        elif current is not None and now - self._announced_at >= self.config.rounds.reannounce_s:
+            self._announce(current, Priority.LOW)
+        return self.status()
+
+    def status(self) -> str:
+        """One line for `systemctl status`."""
+        current = self.store.current()
+        if current is None:
+            return f"idle, global adapter v{self.current.version}"
+        arrived = self.store.count(current.round_id)
+        return (
+            f"round {current.round_id}: {arrived}/{current.min_updates} updates, "
+            f"global adapter v{self.current.version}"
+        )
+
+    def participants(self) -> tuple[str, ...]:
+        """Configured boxes, or every trusted key but our own."""
+        if self.config.fleet.participants:
+            return tuple(self.config.fleet.participants)
+        names = sorted(p.stem for p in self.trust.directory.glob("*.pub"))
+        return tuple(n for n in names if n != self.key.node_id)
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    def _may_open(self, now: float) -> bool:
+        limit = self.config.fleet.max_rounds
+        done = self.store.latest().seq if self.store.latest() else 0
+        return (
+            (limit == 0 or done < limit)
+            and now >= self._next_round_at
+            and bool(self.participants())
+        )
+
+    def _open_round(self, now: float) -> None:
+        rules = self.config.rounds
+        participants = self.participants()
+        round_id = (
+            f"r{(self.store.latest().seq if self.store.latest() else 0) + 1}-{uuid.uuid4().hex[:6]}"
+        )
+        plan = self._plan()
+        spec = RoundSpec(
+            round_id,
+            self.current.version,
+            plan.model_dump(mode="json"),
+            participants,
+            min(rules.min_updates, len(participants)),
+            min(rules.min_updates_at_deadline, len(participants)),
+            rules.deadline_s,
+        )
+        self._announce(self.store.open_round(spec, now), Priority.NORMAL)
+        self.audit.append(
+            "round_opened",
+            {
+                "round_id": round_id,
+                "global_version": self.current.version,
+                "participants": list(participants),
+                "plan": spec.plan,
+            },
+        )
+        log.info(
+            "round %s opened for %d boxes (global adapter v%d)",
+            round_id,
+            len(participants),
+            self.current.version,
+        )
+
+    def _plan(self) -> TrainingPlan:
+        training, codec = self.config.training, self.config.fleet.codec
+        return TrainingPlan(
+            rank=training.rank,
+            alpha=training.alpha,
+            targets=tuple(training.targets),
+            seed=training.seed,
+            frozen_a=training.freeze_a,
+            learning_rate=training.learning_rate,
+            epochs=training.epochs,
+            max_steps=training.max_steps,
+            codec=CodecSpec(
+                values=codec.values,
+                block=codec.block,
+                top_k_fraction=None if codec.top_k_fraction >= 1 else codec.top_k_fraction,
+                compression=codec.compression,
+            ),
+        )
+
+    def _announce(self, round_: Round, priority: int) -> None:
+        self.transport.publish("round", self._announcement(round_), priority)
+        self._announced_at = time.time()
+
+    def _announcement(self, round_: Round) -> RoundAnnouncement:
+        path = self._global_path(self.current.version)
+        plan = TrainingPlan.model_validate_json(json.dumps(round_.plan))
+        return RoundAnnouncement(
+            round_id=round_.round_id,
+            base_sha256=self.model_info.sha256,
+            global_version=self.current.version,
+            global_artifact_sha256=file_sha256(path) if self.current.version else None,
+            plan=plan,
+            participants=round_.participants,
+            min_updates=round_.min_updates,
+            deadline=round_.deadline,
+        )
+
+    # -- updates and evaluations --------------------------------------------------------------
+
+    def _drain_events(self, now: float) -> None:
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, _IncomingUpdate):
+                self._take_update(event, now)
+            else:
+                self._take_evaluation(*event)
+
+    def _take_update(self, incoming: _IncomingUpdate, now: float) -> None:
+        blob = incoming.path.read_bytes()
+        incoming.path.unlink(missing_ok=True)
+        limit = self.config.rounds.max_update_mb * 1024 * 1024
+        try:
+            header, update = decode_update(blob, self.current, limit)
+        except DecodeError as exc:
+            self._refuse(incoming, f"undecodable: {exc}", len(blob))
+            return
+        if header.node_id != incoming.sender or header.round_id != incoming.round_id:
+            self._refuse(incoming, "header names another box or round than its envelope", len(blob))
+            return
+        if (
+            header.base_sha256 != self.model_info.sha256
+            or header.global_version != self.current.version
+        ):
+            self._refuse(incoming, "made for another base model or global version", len(blob))
+            return
+        stored = StoredUpdate(
+            incoming.sender, hashlib.sha256(blob).hexdigest(), update.sample_count, blob
+        )
+        offer = self.store.offer(incoming.round_id, stored, now)
+        log.info(
+            "update from %s for %s: %s %s (%d bytes)",
+            incoming.sender,
+            incoming.round_id,
+            offer.verdict.value,
+            offer.reason,
+            len(blob),
+        )
+        if offer.reason and offer.verdict.value == "rejected":
+            self.audit.append(
+                "update_rejected",
+                {"node_id": incoming.sender, "round_id": incoming.round_id, "reason": offer.reason},
+            )
+
+    def _refuse(self, incoming: _IncomingUpdate, reason: str, size: int) -> None:
+        log.warning("update from %s for %s refused: %s", incoming.sender, incoming.round_id, reason)
+        self.audit.append(
+            "update_rejected",
+            {
+                "node_id": incoming.sender,
+                "round_id": incoming.round_id,
+                "reason": reason,
+                "bytes": size,
+            },
+        )
+
+    def _take_evaluation(self, evaluation: Evaluation, signer: str) -> None:
+        if evaluation.node_id != signer:
+            log.warning(
+                "evaluation signed by %s claims to be from %s; ignored", signer, evaluation.node_id
+            )
+            return
+        self.audit.append("evaluation", evaluation.model_dump(mode="json"))
+
+    # -- closing a round -----------------------------------------------------------------------
+
+    def _on_round_change(self, round_: Round) -> None:
+        if round_.state == RoundState.ABANDONED:
+            self.audit.append(
+                "round_abandoned", {"round_id": round_.round_id, "reason": round_.close_reason}
+            )
+            log.warning("round %s %s", round_.round_id, round_.close_reason)
+            self._next_round_at = time.time() + self.config.fleet.pause_s
+        elif round_.state == RoundState.CLOSED:
+            self._aggregate(round_)
+            self._next_round_at = time.time() + self.config.fleet.pause_s
+
+    def _aggregate(self, round_: Round) -> None:
+        strategy = build_strategy(self.config.fleet.strategy)
+        strategy.begin(self.current)
+        accepted, sizes, rejected = [], {}, {}
+        limit = self.config.rounds.max_update_mb * 1024 * 1024
+        dense: dict[str, int] = {}
+        for stored in self.store.updates(round_.round_id):
+            try:
+                header, update = decode_update(stored.blob, self.current, limit)
+                strategy.accept(update)
+            except (DecodeError, RejectedUpdateError) as exc:
+                rejected[stored.node_id] = str(exc)
+                continue
+            accepted.append(stored.node_id)
+            sizes[stored.node_id] = len(stored.blob)
+            dense[stored.node_id] = sum(4 * t.shape[0] * t.shape[1] for t in header.tensors)
+        if not accepted:
+            self.audit.append("round_failed", {"round_id": round_.round_id, "rejected": rejected})
+            self.store.mark_aggregated(round_.round_id)
+            return
+        result = strategy.finish()
+        new = GlobalAdapter(
+            self.current.version + 1, result.factors, self.current.alpha, self.current.frozen_a
+        )
+        path = save_global_adapter(
+            self._global_path(new.version),
+            new,
+            self.model_info.architecture,
+            self.model_info.sha256,
+            round_.round_id,
+        )
+        digest = file_sha256(path)
+        self.audit.append(
+            "round_aggregated",
+            {
+                "round_id": round_.round_id,
+                "close_reason": round_.close_reason,
+                "participants": accepted,
+                "update_bytes": sizes,
+                "update_dense_fp32_bytes": dense,
+                "rejected": rejected,
+                "update_sha256": {u.node_id: u.sha256 for u in self.store.updates(round_.round_id)},
+                "strategy": dict(result.report),
+                "codec": round_.plan["codec"],
+                "global_version": new.version,
+                "global_sha256": digest,
+                "global_bytes": path.stat().st_size,
+                "signer": self.key.node_id,
+            },
+        )
+        self.current = new
+        self.store.mark_aggregated(round_.round_id)
+        self._publish_global(round_, path, digest, str(result.report.get("strategy")))
+
+    def _publish_global(self, round_: Round, path: Path, digest: str, strategy: str) -> None:
+        recipients = list(round_.participants)
+        meta: dict[str, str | int | float | bool] = {
+            "round_id": round_.round_id,
+            "global_version": self.current.version,
+        }
+        self.transport.sender.send_artifact("global", path, recipients, meta=meta)
+        self.transport.publish(
+            "global",
+            GlobalPublished(
+                round_id=round_.round_id,
+                global_version=self.current.version,
+                artifact_sha256=digest,
+                participants=round_.participants,
+                strategy=strategy,
+            ),
+        )
+        log.info(
+            "round %s aggregated: global adapter v%d (%s) sent to %d boxes",
+            round_.round_id,
+            self.current.version,
+            digest[:12],
+            len(recipients),
+        )
+
+    # -- global adapter files -----------------------------------------------------------------
+
+    def _global_path(self, version: int) -> Path:
+        return self.globals_dir / f"global-v{version}.gguf"
+
+    def _load_or_create_global(self) -> GlobalAdapter:
+        versions = sorted(
+            int(p.stem.removeprefix("global-v")) for p in self.globals_dir.glob("global-v*.gguf")
+        )
+        if versions:
+            return load_global_adapter(self._global_path(versions[-1]))
+        training = self.config.training
+        initial = initial_global_adapter(
+            self._shapes,
+            list(training.targets),
+            rank=training.rank,
+            alpha=training.alpha,
+            seed=training.seed,
+            frozen_a=training.freeze_a,
+        )
+        save_global_adapter(
+            self._global_path(0),
+            initial,
+            self.model_info.architecture,
+            self.model_info.sha256,
+            "initial",
+        )
+        return initial

@@ -1,0 +1,87 @@
+"""How a box takes part in federated rounds (edge) and how the aggregator runs them."""
+
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+
+from appliance.config.base import Section, TopicSafeId
+
+
+class EdgeFederationSettings(Section):
+    """A box's side of the rounds."""
+
+    aggregator_id: TopicSafeId = Field(
+        default="aggregator",
+        description="node_id of the plant aggregator: the only sender of rounds and global "
+        "adapters this box accepts (its public key must be in the trust directory).",
+    )
+    spool_scan_s: float = Field(
+        default=30.0, gt=0, le=3600, description="How often the data spool is ingested."
+    )
+    train_stall_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A trainer worker that reports no progress for this long is stopped.",
+    )
+
+
+class UpdateCodecSettings(Section):
+    """How boxes compress their updates (the aggregator announces it with each round)."""
+
+    values: Literal["fp32", "fp16", "int8"] = Field(
+        default="int8", description="Value coding; int8 keeps one scale per block."
+    )
+    block: int = Field(default=64, ge=8, le=4096, description="Values per int8 scale.")
+    top_k_fraction: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="Share of the largest values sent (with error feedback on the box); "
+        "1.0 = dense.",
+    )
+    compression: Literal["none", "zlib", "zstd"] = Field(
+        default="zstd", description="Lossless compression on top."
+    )
+
+
+class StrategySettings(Section):
+    """How the aggregator combines updates."""
+
+    name: Literal["fedavg", "exact-product", "fedit", "median", "trimmed-mean"] = Field(
+        default="fedavg",
+        description="`fedavg`: sample-weighted mean of B (requires frozen A, exact); "
+        "`exact-product`: mean of B_i A_i re-factorised to rank r (trained A); `fedit`: "
+        "separate means of A and B (baseline only); `median`, `trimmed-mean`: robust.",
+    )
+    norm_bound: float | None = Field(
+        default=None,
+        gt=0,
+        description="Scale down any box's weight change with a larger Frobenius norm.",
+    )
+    trim_fraction: float = Field(
+        default=0.1, ge=0, lt=0.5, description="Share dropped at each end by `trimmed-mean`."
+    )
+
+
+class FleetSettings(Section):
+    """Which boxes take part and how many rounds run."""
+
+    participants: list[TopicSafeId] = Field(
+        default=[],
+        description="Boxes invited to every round; empty = every node with a key in the "
+        "trust directory.",
+    )
+    max_rounds: int = Field(default=0, ge=0, description="Stop after this many rounds; 0 = never.")
+    pause_s: float = Field(default=0.0, ge=0, description="Wait between two rounds.")
+    codec: UpdateCodecSettings = Field(
+        default_factory=UpdateCodecSettings, description="Update compression."
+    )
+    strategy: StrategySettings = Field(
+        default_factory=StrategySettings, description="Aggregation strategy."
+    )
+
+    @model_validator(mode="after")
+    def _unique_participants(self) -> Self:
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError(f"participants lists a box twice (got {self.participants})")
+        return self

@@ -1,0 +1,1 @@
+"""`appliance demo`: a broker, the aggregator and N boxes on one machine, as real processes."""

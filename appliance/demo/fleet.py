@@ -1,0 +1,104 @@
+"""Lay out a demo plant in a directory: keys, trust, configs and each box's plant data."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.data.synthetic import line_for, maintenance_records, write_jsonl
+from appliance.identity import generate_key_pair
+
+AGGREGATOR = "aggregator"
+PLANT = "demo-plant"
+
+
+@dataclass(frozen=True)
+class FleetLayout:
+    """Where everything of one demo run lives."""
+
+    root: Path
+    boxes: tuple[str, ...]
+
+    def config(self, node: str) -> Path:
+        return self.root / node / ("aggregator.toml" if node == AGGREGATOR else "edge.toml")
+
+    def state_dir(self, node: str) -> Path:
+        return self.root / node / "state"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir(AGGREGATOR) / "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """What the demo varies."""
+
+    boxes: int
+    rounds: int
+    model: str
+    port: int
+    records_per_box: int
+    training: dict[str, object]
+
+
+def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
+    """Write keys, trust directory, configs and spool data for the aggregator and boxes."""
+    boxes = tuple(f"box-{i + 1}" for i in range(options.boxes))
+    layout = FleetLayout(root, boxes)
+    trust = root / "trust"
+    for node in (AGGREGATOR, *boxes):
+        private, public = generate_key_pair(root / node / "keys", node)
+        trust.mkdir(parents=True, exist_ok=True)
+        (trust / public.name).write_bytes(public.read_bytes())
+        layout.config(node).write_text(_config(layout, node, private, trust, options))
+    for index, box in enumerate(boxes):
+        records = maintenance_records(line_for(index), options.records_per_box, seed=index)
+        write_jsonl(layout.root / box / "spool" / "plant-data.jsonl", records)
+    return layout
+
+
+def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: FleetOptions) -> str:
+    role = "aggregator" if node == AGGREGATOR else "edge"
+    lines = [
+        f'role = "{role}"',
+        "[identity]",
+        f'plant_id = "{PLANT}"',
+        f'node_id = "{node}"',
+        f'private_key_file = "{key}"',
+        f'trust_dir = "{trust}"',
+        "[model]",
+        f'path = "{options.model}"',
+        "context_tokens = 512",
+        "threads = 1",
+        "[mqtt]",
+        'host = "127.0.0.1"',
+        f"port = {options.port}",
+        "reconnect_max_delay_s = 2",
+        "[paths]",
+        f'state_dir = "{layout.state_dir(node)}"',
+        f'spool_dir = "{layout.root / node / "spool"}"',
+        "[training]",
+        *(f"{key} = {_toml(value)}" for key, value in options.training.items()),
+    ]
+    if role == "aggregator":
+        lines += [
+            "[rounds]",
+            f"min_updates = {options.boxes}",
+            "min_updates_at_deadline = 1",
+            "deadline_s = 3600",
+            "reannounce_s = 2.0",
+            "[fleet]",
+            f"max_rounds = {options.rounds}",
+        ]
+    else:
+        lines += ["[federation]", f'aggregator_id = "{AGGREGATOR}"', "spool_scan_s = 1.0"]
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,376 @@
+"""The edge box's work, one step at a time: data, rounds, updates, global adapters.
+
+Transport callbacks only queue events; `step()` (the daemon's main loop) handles them, polls
+the training thread and ingests the spool, so the model and the state are touched by one
+thread only.
+"""
+
+import logging
+import queue
+import shutil
+import time
+from pathlib import Path
+
+from appliance.config import EdgeConfig
+from appliance.data.records import Record
+from appliance.data.spool import Spool
+from appliance.edge.evaluation import nll_of_file, nll_with
+from appliance.edge.state import EdgeState
+from appliance.edge.training_run import RunOutcome, TrainingRun, write_records
+from appliance.errors import AdapterError, ApplianceError, ModelError
+from appliance.federation.codec import ErrorFeedback, RoundContext, encode_update
+from appliance.federation.global_adapter import (
+    deltas_from,
+    initial_global_adapter,
+    load_global_adapter,
+)
+from appliance.federation.messages import Command, Evaluation, RoundAnnouncement
+from appliance.federation.updates import GlobalAdapter
+from appliance.identity import TrustStore
+from appliance.identity.own_key import node_key
+from appliance.llm.adapters import read_adapter
+from appliance.llm.gguf_file import file_sha256, open_gguf, tensor_shapes
+from appliance.llm.licenses import LicensePolicy
+from appliance.llm.runtime import Adapter, Runtime
+from appliance.llm.texts import chat_template, record_text
+from appliance.llm.training.supervisor import TrainingRequest
+from appliance.transport.node import NodeSettings, TransportNode
+from appliance.transport.receiver import ReceivedArtifact
+
+log = logging.getLogger(__name__)
+
+Event = tuple[str, object]
+
+
+class EdgeService:
+    """One box."""
+
+    def __init__(self, config: EdgeConfig) -> None:
+        self.config = config
+        self.node_id = config.identity.node_id
+        self.state_dir = config.paths.state_dir
+        self.adapters_dir = self.state_dir / "adapters"
+        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self.runtime = Runtime.from_settings(config.model)
+        self._template = chat_template(Path(self.runtime.info.path))
+        self._shapes = tensor_shapes(open_gguf(Path(self.runtime.info.path), ModelError))
+        self.spool = Spool(
+            config.paths.spool_dir,
+            self.state_dir,
+            self.node_id,
+            config.training.validation_fraction,
+        )
+        self._state_path = self.state_dir / "edge-state.json"
+        self.state = EdgeState.load(self._state_path)
+        self._residual_path = self.state_dir / "residual.npz"
+        self.feedback = ErrorFeedback.load(self._residual_path)
+        self.active: Adapter | None = None
+        self.training: TrainingRun | None = None
+        self._waiting: RoundAnnouncement | None = None
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._next_scan = 0.0
+        self._restore_active()
+        aggregator = config.federation.aggregator_id
+        settings = NodeSettings(
+            config.identity.plant_id,
+            config.mqtt,
+            config.outbox,
+            config.transfer,
+            self.state_dir / "transport",
+        )
+        self.transport = TransportNode(
+            node_key(config.identity),
+            TrustStore(config.identity.trust_dir),
+            settings,
+            self._on_artifact,
+            artifact_senders=(aggregator,),
+        )
+        self.transport.on_message(
+            aggregator, "round", RoundAnnouncement, lambda m, _s: self._events.put(("round", m))
+        )
+        self.transport.on_message(
+            aggregator, "command", Command, lambda m, _s: self._events.put(("command", m))
+        )
+
+    # -- life ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to the broker."""
+        self.transport.start()
+
+    def stop(self) -> None:
+        """Stop training at a step boundary, then disconnect."""
+        if self.training is not None:
+            self.training.stop.set()
+            self.training.join(timeout_s=120)
+        self.transport.stop()
+        self.spool.close()
+        self.runtime.close()
+
+    def status(self) -> str:
+        """One line for `systemctl status`."""
+        version = (
+            "base model"
+            if self.state.active_version is None
+            else f"global v{self.state.active_version}"
+        )
+        train, held = self.spool.counts()
+        doing = f"training {self.training.round_id}" if self.training else "idle"
+        return f"{doing}; serving {version}; {train} training / {held} held-out records"
+
+    def step(self, now: float | None = None) -> str:
+        """Ingest, handle events, follow training; returns the status line."""
+        now = time.monotonic() if now is None else now
+        if now >= self._next_scan:
+            self.spool.ingest()
+            self._next_scan = now + self.config.federation.spool_scan_s
+        while True:
+            try:
+                kind, payload = self._events.get_nowait()
+            except queue.Empty:
+                break
+            self._handle(kind, payload)
+        if self.training is not None and (outcome := self.training.outcome()) is not None:
+            run, self.training = self.training, None
+            self._finish_round(run, outcome)
+        return self.status()
+
+    def _handle(self, kind: str, payload: object) -> None:
+        try:
+            if kind == "round":
+                self._join(payload)  # type: ignore[arg-type]
+            elif kind == "global":
+                self._take_global(*payload)  # type: ignore[misc]
+            elif kind == "command":
+                self._obey(payload)  # type: ignore[arg-type]
+        except ApplianceError as exc:
+            log.error("%s: %s", kind, exc)
+
+    def _on_artifact(self, artifact: ReceivedArtifact) -> None:
+        manifest = artifact.manifest
+        if manifest.kind != "global":
+            log.warning("ignored artifact of kind %r from %s", manifest.kind, manifest.sender)
+            return
+        target = self.adapters_dir / f"incoming-{manifest.artifact_id}.gguf"
+        shutil.move(artifact.path, target)
+        self._events.put(("global", (target, str(manifest.meta.get("round_id", "")))))
+
+    # -- rounds -------------------------------------------------------------------------------
+
+    def _join(self, round_: RoundAnnouncement) -> None:
+        if self.node_id not in round_.participants or round_.round_id in self.state.done_rounds:
+            return
+        if self.training is not None:
+            if self.training.round_id != round_.round_id:
+                log.info(
+                    "round %s: still training %s; not joining",
+                    round_.round_id,
+                    self.training.round_id,
+                )
+            return
+        if round_.base_sha256 != self.runtime.info.sha256:
+            log.error(
+                "round %s is for base model %s; this box runs %s",
+                round_.round_id,
+                round_.base_sha256,
+                self.runtime.info.sha256,
+            )
+            return
+        base_path = self._global_file(round_)
+        if round_.global_version > 0 and base_path is None:
+            log.info(
+                "round %s: waiting for global adapter v%d", round_.round_id, round_.global_version
+            )
+            self._waiting = round_
+            return
+        records = self.spool.records(heldout=False)
+        if not records:
+            log.warning("round %s: no training data in the spool yet; not joining", round_.round_id)
+            return
+        self._start_training(round_, base_path, records)
+
+    def _global_file(self, round_: RoundAnnouncement) -> Path | None:
+        if round_.global_version == 0:
+            return None
+        path = self.adapters_dir / f"global-v{round_.global_version}.gguf"
+        if path.exists() and file_sha256(path) == round_.global_artifact_sha256:
+            return path
+        return None
+
+    def _start_training(
+        self, round_: RoundAnnouncement, base_path: Path | None, records: list[Record]
+    ) -> None:
+        plan = round_.plan
+        settings = self.config.training.model_copy(
+            update={
+                "rank": plan.rank,
+                "alpha": plan.alpha,
+                "targets": list(plan.targets),
+                "seed": plan.seed,
+                "freeze_a": plan.frozen_a,
+                "learning_rate": plan.learning_rate,
+                "epochs": plan.epochs,
+                "max_steps": plan.max_steps,
+                "validation_fraction": 0.0,
+            }
+        )
+        work = self.state_dir / "rounds" / round_.round_id
+        request = TrainingRequest(
+            model=self.runtime.info.path,
+            data=write_records(work / "train.jsonl", records),
+            out=work / "local.gguf",
+            settings=settings,
+            cache_dir=self.state_dir / "cache",
+            start_adapter=base_path,
+            stall_timeout_s=self.config.federation.train_stall_timeout_s,
+            policy=LicensePolicy.from_settings(self.config.model),
+        )
+        self.training = TrainingRun(round_, request, len(records))
+        self.training.start()
+        log.info(
+            "round %s: training on %d records (global v%d)",
+            round_.round_id,
+            len(records),
+            round_.global_version,
+        )
+
+    def _finish_round(self, run: TrainingRun, outcome: RunOutcome) -> None:
+        round_ = run.announcement
+        if outcome.result is None or outcome.result.adapter is None:
+            log.error("round %s: training failed: %s", run.round_id, outcome.error or "no adapter")
+            self._mark_done(round_.round_id, None)
+            return
+        out = Path(outcome.result.adapter)
+        local_nll = nll_of_file(self.runtime, self._heldout_texts(), out)
+        base = self._round_base(round_)
+        corrected = self.feedback.corrected(deltas_from(read_adapter(out), base))
+        context = RoundContext(
+            self.node_id, round_.round_id, round_.base_sha256, round_.global_version
+        )
+        encoded = encode_update(corrected, run.records, round_.plan.codec, context)
+        self.feedback.remember(corrected, encoded.sent)
+        self.feedback.save(self._residual_path)
+        self.transport.sender.send_artifact(
+            "update",
+            encoded.blob,
+            [self.config.federation.aggregator_id],
+            meta={"round_id": round_.round_id},
+        )
+        self._mark_done(round_.round_id, local_nll)
+        log.info(
+            "round %s: update sent, %d bytes (%.1fx smaller than dense fp32); local held-out "
+            "NLL %.4f",
+            round_.round_id,
+            len(encoded.blob),
+            encoded.ratio,
+            local_nll,
+        )
+
+    def _round_base(self, round_: RoundAnnouncement) -> GlobalAdapter:
+        path = self._global_file(round_)
+        if path is not None:
+            return load_global_adapter(path)
+        plan = round_.plan
+        return initial_global_adapter(
+            self._shapes,
+            list(plan.targets),
+            rank=plan.rank,
+            alpha=plan.alpha,
+            seed=plan.seed,
+            frozen_a=plan.frozen_a,
+        )
+
+    def _mark_done(self, round_id: str, local_nll: float | None) -> None:
+        self.state.done_rounds.append(round_id)
+        if local_nll is not None:
+            self.state.local_nll[round_id] = local_nll
+        self.state.save(self._state_path)
+
+    def _heldout_texts(self) -> list[str]:
+        return [record_text(r, self._template) for r in self.spool.records(heldout=True)]
+
+    # -- global adapters ------------------------------------------------------------------------
+
+    def _restore_active(self) -> None:
+        if self.state.active_path and Path(self.state.active_path).exists():
+            try:
+                self.active = self.runtime.load_adapter(Path(self.state.active_path))
+                self.runtime.set_adapters([(self.active, 1.0)])
+                log.info("serving global adapter v%s", self.state.active_version)
+            except AdapterError as exc:
+                log.error("cannot restore the active adapter, serving the base model: %s", exc)
+                self.state.active_path, self.state.active_version = None, None
+
+    def _take_global(self, incoming: Path, round_id: str) -> None:
+        try:
+            version = load_global_adapter(incoming).version
+        except (AdapterError, ValueError) as exc:
+            incoming.unlink(missing_ok=True)
+            log.error("refused a global adapter: %s", exc)
+            return
+        path = self.adapters_dir / f"global-v{version}.gguf"
+        incoming.replace(path)
+        candidate = self.runtime.load_adapter(path)
+        texts = self._heldout_texts()
+        nll_base, tokens = nll_with(self.runtime, texts, None)
+        nll_global, _ = nll_with(self.runtime, texts, candidate)
+        pinned = self.state.pinned_version is not None
+        newer = self.state.active_version is None or version > self.state.active_version
+        if newer and not pinned:
+            self._activate(candidate, version, path)
+        else:
+            self.runtime.free_adapter(candidate)
+        self.transport.publish(
+            "evaluation",
+            Evaluation(
+                round_id=round_id or "unknown",
+                global_version=version,
+                node_id=self.node_id,
+                heldout_tokens=tokens,
+                nll_base=nll_base,
+                nll_local=self.state.local_nll.get(round_id),
+                nll_global=nll_global,
+                activated=newer and not pinned,
+            ),
+        )
+        log.info(
+            "global adapter v%d: held-out NLL %.4f (base %.4f)%s",
+            version,
+            nll_global,
+            nll_base,
+            "" if newer and not pinned else "; not activated",
+        )
+        if self._waiting is not None and self._waiting.global_version == version:
+            waiting, self._waiting = self._waiting, None
+            self._join(waiting)
+
+    def _activate(self, adapter: Adapter, version: int, path: Path) -> None:
+        """Hot-swap: the new adapter serves from the next request; the old one is kept."""
+        previous = self.active
+        self.runtime.set_adapters([(adapter, 1.0)])
+        if previous is not None:
+            self.runtime.free_adapter(previous)
+        self.state.previous_version, self.state.previous_path = (
+            self.state.active_version,
+            self.state.active_path,
+        )
+        self.state.active_version, self.state.active_path = version, str(path)
+        self.active = adapter
+        self.state.save(self._state_path)
+
+    def _obey(self, command: Command) -> None:
+        if self.node_id not in command.nodes:
+            return
+        if command.action == "unpin":
+            self.state.pinned_version = None
+        elif command.action == "rollback" and self.state.previous_path:
+            adapter = self.runtime.load_adapter(Path(self.state.previous_path))
+            self._activate(
+                adapter, self.state.previous_version or 0, Path(self.state.previous_path)
+            )
+            log.warning("rolled back to global adapter v%s on command", self.state.active_version)
+        elif command.action == "pin" and command.global_version is not None:
+            path = self.adapters_dir / f"global-v{command.global_version}.gguf"
+            self._activate(self.runtime.load_adapter(path), command.global_version, path)
+            self.state.pinned_version = command.global_version
+        self.state.save(self._state_path)

@@ -1,0 +1,86 @@
+"""Federation messages: what the aggregator announces and what boxes report back.
+
+They travel signed (transport's envelope) on `appliance/v1/<plant>/msg/<sender>/<kind>`;
+these are their bodies. Every schema is strict and versioned (`v`): a box refuses a message
+it does not understand instead of guessing.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from appliance.config.base import TopicSafeId
+from appliance.federation.codec import CodecSpec
+
+SHA256 = r"^[0-9a-f]{64}$"
+ROUND_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Message(BaseModel):
+    """Strict, closed, finite, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class TrainingPlan(Message):
+    """The hyper-parameters every participant trains with in a round."""
+
+    rank: int = Field(ge=1, le=256)
+    alpha: float = Field(gt=0)
+    targets: tuple[str, ...] = Field(min_length=1)
+    seed: int = Field(ge=0)
+    frozen_a: bool
+    learning_rate: float = Field(gt=0, le=1)
+    epochs: int = Field(ge=1)
+    max_steps: int = Field(ge=0)
+    codec: CodecSpec
+
+
+class RoundAnnouncement(Message):
+    """The aggregator opens a round (kind `round`)."""
+
+    v: Literal[1] = 1
+    round_id: str = Field(pattern=ROUND_ID)
+    base_sha256: str = Field(pattern=SHA256)
+    global_version: int = Field(ge=0)
+    global_artifact_sha256: str | None = Field(
+        default=None, pattern=SHA256, description="The global adapter to start from (None: v0)."
+    )
+    plan: TrainingPlan
+    participants: tuple[TopicSafeId, ...] = Field(min_length=1, max_length=10_000)
+    min_updates: int = Field(ge=1)
+    deadline: float = Field(ge=0, description="Unix time after which updates are late.")
+
+
+class GlobalPublished(Message):
+    """A new global adapter was aggregated and sent as an artifact (kind `global`)."""
+
+    v: Literal[1] = 1
+    round_id: str = Field(pattern=ROUND_ID)
+    global_version: int = Field(ge=1)
+    artifact_sha256: str = Field(pattern=SHA256)
+    participants: tuple[TopicSafeId, ...]
+    strategy: str = Field(max_length=100)
+
+
+class Evaluation(Message):
+    """A box's held-out numbers for an adapter (kind `evaluation`)."""
+
+    v: Literal[1] = 1
+    round_id: str = Field(pattern=ROUND_ID)
+    global_version: int = Field(ge=0)
+    node_id: TopicSafeId
+    heldout_tokens: int = Field(ge=0)
+    nll_base: float
+    nll_local: float | None = None
+    nll_global: float
+    activated: bool
+
+
+class Command(Message):
+    """An operator's instruction to boxes (kind `command`)."""
+
+    v: Literal[1] = 1
+    action: Literal["rollback", "pin", "unpin"]
+    nodes: tuple[TopicSafeId, ...] = Field(min_length=1)
+    global_version: int | None = Field(default=None, ge=0)
