@@ -123,7 +123,9 @@ class MqttClient:
         self._pending: dict[int, tuple[str, Done | None]] = {}
         self._early: dict[int, ReasonCode] = {}
         self._connected = threading.Event()
+        self._disconnected = threading.Event()
         self._stopping = False
+        self._reconnecting = False
         self._subscribe_mid: int | None = None
         self._generation = 0  # connections so far; a PUBACK belongs to the one it came on
         self._work: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
@@ -176,6 +178,11 @@ class MqttClient:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with capped exponential back-off."""
+        self._connect_async()
+        self._worker.start()
+        self._paho.loop_start()
+
+    def _connect_async(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0 if self._clean_start else self.settings.session_expiry_s
         self._paho.connect_async(
@@ -185,8 +192,21 @@ class MqttClient:
             clean_start=self._clean_start,
             properties=props,
         )
-        self._worker.start()
-        self._paho.loop_start()
+
+    def reconnect(self, timeout_s: float = 10.0) -> None:
+        """End this connection cleanly and open a new one: a new CONNECT, so a new Will from
+        `will_factory`. A Sparkplug edge node must do this when its primary host goes
+        offline. What was published before the call goes out before the DISCONNECT."""
+        self._reconnecting = True
+        try:
+            if self._connected.is_set():
+                self._paho.disconnect()
+                self._disconnected.wait(timeout_s)
+            self._paho.loop_stop()
+            self._connect_async()
+            self._paho.loop_start()
+        finally:
+            self._reconnecting = False
 
     def stop(self) -> None:
         """Disconnect cleanly and stop both threads. Unsent work stays in the outbox."""
@@ -312,6 +332,7 @@ class MqttClient:
         )
 
     def _ready(self) -> None:
+        self._disconnected.clear()
         self._connected.set()
         for listener in self._on_connected:
             self._work.put(listener)
@@ -324,12 +345,13 @@ class MqttClient:
         reason: ReasonCode,
         _properties: Properties | None,
     ) -> None:
-        if self._connected.is_set() and not self._stopping:
+        if self._connected.is_set() and not self._stopping and not self._reconnecting:
             self.counters.inc("disconnects")
             log.warning("disconnected from the broker: %s", reason)
         elif not self._connected.is_set():
             self._cb_connect_fail(_client, _userdata)
         self._connected.clear()
+        self._disconnected.set()
 
     def _cb_connect_fail(self, _client: paho.Client, _userdata: object) -> None:
         # TCP refused, TLS handshake failed, or the broker closed before CONNACK (for
