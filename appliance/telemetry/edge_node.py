@@ -9,15 +9,13 @@ Rules followed (Sparkplug 3.0, chapter 7 and the edge-node statements of chapter
   beyond their deadband (or were not sent for `report_unchanged_after_s`), by alias, with
   `seq` one higher than the previous message, wrapping 255 -> 0.
 - An NCMD `Node Control/Rebirth = true` is answered with a new NBIRTH (same `bdSeq`).
-- With a primary host configured, no NBIRTH is sent until its STATE says online. While the
+- With a primary host configured, no NBIRTH is sent until its STATE says online; a STATE
+  older than the last one seen is ignored. When the host goes offline the node publishes its
+  NDEATH, disconnects and connects again (new `bdSeq`), then waits for the host. While the
   host is offline (or the broker unreachable) data messages are kept in memory and replayed
   after the next NBIRTH with `is_historical = true` and their original timestamps.
 - A change in the set of metrics (a disk added) is announced with a new NBIRTH, since NDATA
   may only carry metrics that the last birth declared.
-
-Deviation: when the primary host goes offline the node publishes its NDEATH and keeps its
-MQTT session (the specification has it disconnect and reconnect); the next NBIRTH therefore
-reuses the session's `bdSeq`, which the matching Will still carries.
 
 All state is touched only in the MQTT client's worker thread; `update()` hands values over.
 """
@@ -162,9 +160,16 @@ class EdgeNode:
         if online and not self._born and self.client.connected:
             self._birth()
         elif not online and was_online and self._born:
-            log.warning("primary host went offline; NDEATH sent, keeping data until it returns")
-            self.client.publish(self._topic("NDEATH"), self._death_payload(), qos=1)
+            log.warning("primary host went offline: NDEATH, new session, keeping data meanwhile")
             self._born = False
+            # reconnect once the broker has the NDEATH (nothing left in flight to re-send);
+            # the next birth comes with the next session's bdSeq
+            self.client.publish(
+                self._topic("NDEATH"),
+                self._death_payload(),
+                qos=1,
+                on_done=lambda _result: self.client.reconnect(),
+            )
 
     def _on_command(self, message: Inbound) -> None:
         try:

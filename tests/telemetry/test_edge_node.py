@@ -186,11 +186,15 @@ def test_ncmd_rebirth_is_answered_with_a_new_birth(
 
 
 def test_state_gating_and_historical_replay(
-    edge_nodes: NodeFactory, observer: Observer, raw_clients: Callable[[str], MqttClient]
+    edge_nodes: NodeFactory,
+    observer: Observer,
+    raw_clients: Callable[[str], MqttClient],
+    broker: Mosquitto,
 ) -> None:
     """tck-id-operational-behavior-edge-node-intial-establishment (no NBIRTH before the
-    primary host is online), -edge-node-primary-host-state (NDEATH when it goes offline,
-    stale STATE ignored), store and forward: kept data replayed with is_historical."""
+    primary host is online), host offline => NDEATH, disconnect and a new session (next
+    bdSeq), a STATE older than the last seen is ignored; store and forward: kept data
+    replayed with is_historical after the next NBIRTH."""
     node = edge_nodes("box1", primary_host_id="scada")
     host = raw_clients("scada")
     node.update(VALUES)
@@ -212,15 +216,17 @@ def test_state_gating_and_historical_replay(
 
     host.publish(state_topic("scada"), encode_state(False, 2000), retain=True)
     death = observer.wait(1, "NDEATH when the host goes offline", topic=NDEATH)[0]
-    assert (
-        by_name(death.decode().metrics)[BDSEQ].value == by_name(birth.decode().metrics)[BDSEQ].value
-    )
+    first_bdseq = by_name(birth.decode().metrics)[BDSEQ].value
+    assert isinstance(first_bdseq, int)
+    assert by_name(death.decode().metrics)[BDSEQ].value == first_bdseq
+    wait_for(lambda: broker.log_text().count("as box1 (p5, c1, k5)") == 2, "a new session")
     host.publish(state_topic("scada"), encode_state(True, 1500), retain=True)  # stale: ignored
     node.update({**VALUES, "Memory/Used Percent": (D, 50.0)})
     wait_for(lambda: len(node._history) == 1, "data kept while the host is offline")
     assert len(observer.where(topic=NBIRTH)) == 1
     host.publish(state_topic("scada"), encode_state(True, 3000), retain=True)
     births = observer.wait(2, "NBIRTH after the host returned", topic=NBIRTH)
+    assert by_name(births[-1].decode().metrics)[BDSEQ].value == first_bdseq + 1
     data = observer.wait(2, "second replay", topic=NDATA)
     again = data[-1].decode(_known(births[-1]))
     assert again.seq == 1 and again.metrics[0].is_historical and again.metrics[0].value == 50.0
