@@ -56,13 +56,13 @@ def run_demo(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="appliance-demo-"))
         )
         broker, port = start_broker(root / "broker")
-        stack.callback(_stop, broker)
+        stack.callback(stop_process, broker)
         model_path, training, records = _model_choice(model, root)
         options = FleetOptions(boxes, rounds, model_path, port, records, training)
         layout = lay_out(root, options)
-        processes = [_spawn(layout, node) for node in (AGGREGATOR, *layout.boxes)]
+        processes = [spawn_node(layout, node) for node in (AGGREGATOR, *layout.boxes)]
         for process in processes:
-            stack.callback(_stop, process)
+            stack.callback(stop_process, process)
         summaries = _follow(layout, processes, rounds, timeout_s, quiet)
         return {
             "model": model,
@@ -78,7 +78,7 @@ def _model_choice(model: str, root: Path) -> tuple[str, dict[str, object], int]:
     return model, BUILTIN_TRAINING, 60
 
 
-def _spawn(layout: FleetLayout, node: str) -> subprocess.Popen[bytes]:
+def spawn_node(layout: FleetLayout, node: str) -> subprocess.Popen[bytes]:
     role = "aggregator" if node == AGGREGATOR else "edge"
     log = (layout.root / node / "daemon.log").open("wb")
     return subprocess.Popen(
@@ -139,7 +139,7 @@ def _note_round_times(
             done.setdefault(round_id, now)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:

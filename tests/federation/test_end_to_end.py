@@ -1,0 +1,147 @@
+"""The whole system on one machine with the tiny model: real broker, real processes."""
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.demo.broker import start_broker
+from appliance.demo.fleet import AGGREGATOR, FleetOptions, lay_out
+from appliance.demo.run import TINY_TRAINING, spawn_node, stop_process
+from appliance.federation.audit import verify
+from appliance.llm.tiny import make_tiny_model
+
+WAIT_S = 240.0
+
+
+def test_demo_three_boxes_two_rounds_every_box_gains(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "demo",
+            "--model",
+            "tiny",
+            "--boxes",
+            "3",
+            "--rounds",
+            "2",
+            "--json",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--timeout",
+            str(WAIT_S),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT_S + 60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout)
+    assert [r["global_version"] for r in summary["rounds"]] == [1, 2]
+    for round_ in summary["rounds"]:
+        assert set(round_["boxes"]) == {"box-1", "box-2", "box-3"}
+        assert set(round_["bytes_up"]) == {"box-1", "box-2", "box-3"}
+        assert round_["bytes_down"] > 0
+        for numbers in round_["boxes"].values():
+            assert numbers["nll_global"] < numbers["nll_base"]
+            assert numbers["nll_local"] < numbers["nll_base"]
+    last = summary["rounds"][-1]["boxes"]
+    first = summary["rounds"][0]["boxes"]
+    assert all(last[b]["nll_global"] < first[b]["nll_global"] for b in last)
+    verify(tmp_path / "demo" / AGGREGATOR / "state" / "audit.jsonl")
+
+
+def accepted_updates(db: Path) -> dict[str, int]:
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = conn.execute(
+                "SELECT r.round_id, COUNT(u.node_id) FROM rounds r LEFT JOIN updates u "
+                "ON u.round_id = r.round_id WHERE r.state = 'open' GROUP BY r.round_id"
+            ).fetchall()
+    except sqlite3.OperationalError:  # the aggregator is still creating its tables
+        return {}
+    return dict(rows)
+
+
+def audit_records(path: Path, kind: str) -> list[dict]:
+    if not path.exists():
+        return []
+    return [
+        r["data"]
+        for line in path.read_text().splitlines()
+        if (r := json.loads(line))["kind"] == kind
+    ]
+
+
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_aggregator_killed_mid_round_completes_the_round_after_restart(tmp_path: Path) -> None:
+    broker, port = start_broker(tmp_path / "broker")
+    training = {**TINY_TRAINING, "epochs": 6}  # long enough a round to kill it inside
+    options = FleetOptions(3, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), port, 120, training)
+    layout = lay_out(tmp_path, options)
+    db = layout.state_dir(AGGREGATOR) / "rounds.sqlite"
+    processes = [spawn_node(layout, box) for box in layout.boxes]
+    aggregator = spawn_node(layout, AGGREGATOR)
+    try:
+        wait_until(
+            lambda: any(n >= 1 for n in accepted_updates(db).values()), "a first accepted update"
+        )
+        round_id, before = next(iter(accepted_updates(db).items()))
+        assert before < 3
+        aggregator.send_signal(signal.SIGKILL)
+        aggregator.wait(timeout=30)
+        aggregator = spawn_node(layout, AGGREGATOR)
+        wait_until(
+            lambda: audit_records(layout.audit_log, "round_aggregated"), "the round to aggregate"
+        )
+        done = audit_records(layout.audit_log, "round_aggregated")
+        assert [d["round_id"] for d in done] == [round_id]
+        assert sorted(done[0]["participants"]) == ["box-1", "box-2", "box-3"]
+        assert len(audit_records(layout.audit_log, "round_opened")) == 1
+        verify(layout.audit_log)
+    finally:
+        for process in [aggregator, *processes]:
+            stop_process(process)
+        stop_process(broker)
+
+
+@pytest.mark.parametrize("junk", [b"", b"APUP", b"\x00" * 5000])
+def test_an_undecodable_update_is_refused_and_the_round_goes_on(
+    tmp_path: Path, junk: bytes
+) -> None:
+    from appliance.aggregator.service import AggregatorService, _IncomingUpdate
+    from appliance.config import load_config
+
+    options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
+    layout = lay_out(tmp_path, options)
+    service = AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+    try:
+        service.step(now=time.time())
+        round_id = service.store.current().round_id  # type: ignore[union-attr]
+        path = tmp_path / "junk.update"
+        path.write_bytes(junk)
+        service._events.put(_IncomingUpdate("box-1", round_id, path))
+        service.step(now=time.time())
+        refused = audit_records(layout.audit_log, "update_rejected")
+        assert refused and refused[0]["node_id"] == "box-1"
+        assert refused[0]["reason"].startswith("undecodable: ")
+        assert service.store.count(round_id) == 0
+        assert service.store.current() is not None
+    finally:
+        service.stop()
