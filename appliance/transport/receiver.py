@@ -430,7 +430,6 @@ class Receiver:
         for incoming in list(self._incoming.values()):
             quiet = now - incoming.last_progress
             if quiet > self.settings.stall_timeout_s:
-                self.counters.inc("stalled")
                 log.warning(
                     "dropped transfer %s from %s: no progress for %.0f s (%d of %d chunks)",
                     incoming.manifest.artifact_id,
@@ -440,6 +439,7 @@ class Receiver:
                     incoming.manifest.chunk_count,
                 )
                 self._discard(incoming)
+                self.counters.inc("stalled")  # last: once counted, the clean-up is done
             elif quiet >= self.settings.request_after_s:
                 self._request_missing(incoming, now)
         if now >= self._next_purge:

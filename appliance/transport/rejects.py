@@ -42,6 +42,6 @@ class Counters:
 def record_rejection(
     log: logging.Logger, counters: Counters, what: str, topic: str, exc: RejectedError
 ) -> None:
-    """Log one warning line naming the reason and count it as `rejected.<reason>`."""
-    counters.inc(f"rejected.{exc.reason}")
+    """Log one warning line naming the reason, then count it as `rejected.<reason>`."""
     log.warning("rejected %s on %s: %s: %s", what, topic, exc.reason, exc.detail)
+    counters.inc(f"rejected.{exc.reason}")

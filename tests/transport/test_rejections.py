@@ -197,7 +197,8 @@ def test_corrupted_chunk_is_fetched_again_from_the_sender(
     for chunk in chunks:
         raw.publish(TOPICS.chunk("box1", manifest.artifact_id), chunk)
     _expect(agg, "corrupt_chunk")
-    assert agg.receiver.progress() == {f"box1/{manifest.artifact_id}": (5, 6)}
+    expected = {f"box1/{manifest.artifact_id}": (5, 6)}
+    wait_for(lambda: agg.receiver.progress() == expected, "the five intact chunks on disk")
     # The sender comes up, re-announces; the receiver asks for chunk 2 and gets it.
     sender = start_node(box, trust, agg.client.settings, tmp_path / "box1")
     try:

