@@ -12,8 +12,10 @@ At import, `check_training_abi()` verifies exported symbols, struct sizes and th
 """
 
 import ctypes
+from collections.abc import Callable
 from ctypes import c_bool, c_char, c_double, c_float, c_int, c_int32, c_int64, c_size_t, c_void_p
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -145,6 +147,30 @@ def _ggml_base_library() -> ctypes.CDLL | None:
 
 class TrainingAbi:
     """Typed function pointers of the training API, bound once per process."""
+
+    ggml_opt_dataset_init: Callable[..., Any]
+    ggml_opt_dataset_free: Callable[..., Any]
+    ggml_opt_dataset_data: Callable[..., Any]
+    ggml_opt_dataset_labels: Callable[..., Any]
+    ggml_opt_result_init: Callable[..., Any]
+    ggml_opt_result_free: Callable[..., Any]
+    ggml_opt_result_reset: Callable[..., Any]
+    ggml_opt_result_loss: Callable[..., Any]
+    ggml_get_data: Callable[..., Any]
+    ggml_get_name: Callable[..., Any]
+    ggml_set_name: Callable[..., Any]
+    ggml_nbytes: Callable[..., Any]
+    ggml_nelements: Callable[..., Any]
+    ggml_set_param: Callable[..., Any]
+    ggml_tensor_overhead: Callable[..., Any]
+    ggml_init: Callable[..., Any]
+    ggml_free: Callable[..., Any]
+    ggml_new_tensor_2d: Callable[..., Any]
+    ggml_backend_tensor_get: Callable[..., Any]
+    ggml_backend_tensor_set: Callable[..., Any]
+    ggml_opt_get_constant_optimizer_params: Callable[..., Any]
+    llama_opt_init: Callable[..., Any]
+    llama_opt_epoch: Callable[..., Any]
 
     def __init__(self, ggml: ctypes.CDLL, llama: ctypes.CDLL) -> None:
         for table, library in ((_GGML_SIGNATURES, ggml), (_LLAMA_SIGNATURES, llama)):

@@ -75,7 +75,7 @@ class TrainingModel:
     def load_adapter(self, path: Path) -> ctypes.c_void_p:
         """Load a LoRA adapter next to this model (freed with the model)."""
         mark = bridge.mark()
-        handle = lib.llama_adapter_lora_init(self.handle, str(path).encode())
+        handle: ctypes.c_void_p = lib.llama_adapter_lora_init(self.handle, str(path).encode())
         if not handle:
             raise TrainingError(f"{path}: llama.cpp refused the adapter{_reasons(mark)}")
         return handle
@@ -117,7 +117,7 @@ class AdapterContext:
             raise TrainingError(f"llama.cpp could not create a training context{_reasons(mark)}")
         self.model = model
         self.n_ctx = int(lib.llama_n_ctx(self.handle))
-        handles = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+        handles = (lib.llama_adapter_lora_p_ctypes * 1)(adapter)  # type: ignore[misc]
         if lib.llama_set_adapters_lora(self.handle, handles, 1, (ctypes.c_float * 1)(1.0)) != 0:
             raise TrainingError("llama.cpp could not attach the adapter to the training context")
 

@@ -54,7 +54,8 @@ def derived_a(seed: int, name: str, rank: int, n_in: int) -> np.ndarray:
     words = np.frombuffer(stream[: count * 8], dtype="<u8") >> np.uint64(11)
     unit = words.astype(np.float64) * 2.0**-53  # exact: 53-bit integers
     bound = np.sqrt(3.0 / n_in)
-    return ((2.0 * unit - 1.0) * bound).astype(np.float32).reshape(rank, n_in)
+    values: np.ndarray = ((2.0 * unit - 1.0) * bound).astype(np.float32)
+    return values.reshape(rank, n_in)
 
 
 def initial_factors(shapes: dict[str, tuple[int, int]], rank: int, seed: int) -> LoraFactors:
