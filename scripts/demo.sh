@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Set everything up, then show the product: the built-in open model answering on this machine.
+# Set everything up, then run the demo: a private Mosquitto, the aggregator and three boxes on
+# this machine, three federated rounds on the built-in open model. Extra arguments go to
+# `appliance demo` (for example --model tiny for a one-minute run, or --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-.venv/bin/appliance model info builtin
-.venv/bin/appliance generate --model builtin --seed 1 --max-tokens 48 \
-    "A maintenance technician checks a conveyor belt motor that runs hot. The first step is"
+exec .venv/bin/appliance demo "$@"

@@ -50,7 +50,8 @@ def run_demo(
     timeout_s: float,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole system; returns the JSON summary."""
+    """Run the whole system; returns the JSON summary. Ctrl-C or SIGTERM stop every process."""
+    signal.signal(signal.SIGTERM, _interrupt)
     with ExitStack() as stack:
         root = directory or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="appliance-demo-"))
@@ -70,6 +71,10 @@ def run_demo(
             "directory": str(root),
             "rounds": [s.as_json() for s in summaries],
         }
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _model_choice(model: str, root: Path) -> tuple[str, dict[str, object], int]:

@@ -145,3 +145,34 @@ def test_an_undecodable_update_is_refused_and_the_round_goes_on(
         assert service.store.current() is not None
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_demo_stops_every_process(tmp_path: Path, stop_signal: signal.Signals) -> None:
+    demo_dir = tmp_path / "demo"
+    demo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "demo",
+            "--model",
+            "tiny",
+            "--rounds",
+            "50",
+            "--dir",
+            str(demo_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wait_until(
+        lambda: audit_records(demo_dir / AGGREGATOR / "state" / "audit.jsonl", "round_opened"),
+        "the first round",
+    )
+    demo.send_signal(stop_signal)
+    assert demo.wait(timeout=120) == 130
+    left = subprocess.run(
+        ["pgrep", "-f", str(demo_dir)], capture_output=True, text=True, check=False
+    )
+    assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
