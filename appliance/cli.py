@@ -287,6 +287,7 @@ def _add_train_command(commands: Any) -> None:
     train.add_argument("--rank", type=int, help="LoRA rank (power of two)")
     train.add_argument("--alpha", type=float, help="LoRA alpha")
     train.add_argument("--targets", help="comma-separated block weights, e.g. attn_q,attn_v")
+    train.add_argument("--top-layers", type=int, help="adapt only the top N blocks (0 = all)")
     train.add_argument("--epochs", type=int, help="passes over the data")
     train.add_argument("--max-steps", type=int, help="stop after this many steps")
     train.add_argument("--lr", type=float, help="learning rate")

@@ -26,8 +26,9 @@ from typing import Any
 
 WINDOW = 256
 RANK, ALPHA, LEARNING_RATE, THREADS = 8, 16.0, 2e-3, 2
-LLAMA_CONFIGS = ["llama:same", "llama:q8_0", "llama:f32"]
-TORCH_CONFIGS = ["torch:fp32", "torch:bf16"]
+LLAMA_CONFIGS = ["llama:same", "llama:q8_0", "llama:f32", "llama:q8_0:top8"]
+TORCH_CONFIGS = ["torch:fp32", "torch:bf16", "torch:fp32:top8"]
+LAYERS = 30  # SmolLM2-135M; `:topN` adapts only the top N blocks
 TEXT = (
     "Line 3 packer alarm E42 means the carton magazine sensor is blocked; clear the magazine, "
     "reset the sensor and restart from the HMI. Pump P-101 high vibration: check the bearing "
@@ -41,6 +42,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds")
     parser.add_argument("--only", choices=["llama", "torch"], help="run one side only")
+    parser.add_argument("--configs", help="comma-separated subset, e.g. llama:f32,torch:fp32")
     parser.add_argument("--window", type=int, default=WINDOW, help="tokens per window")
     parser.add_argument("--threads", type=int, default=THREADS, help="threads of each trainer")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child: run one configuration
@@ -52,6 +54,8 @@ def main() -> int:
     configs = ([] if args.only == "torch" else LLAMA_CONFIGS) + (
         [] if args.only == "llama" else TORCH_CONFIGS
     )
+    if args.configs:
+        configs = args.configs.split(",")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
         work = Path(folder)
         prepare(work, args.steps, args.window)
@@ -112,13 +116,14 @@ def windows(work: Path, steps: int, size: int) -> list[tuple[list[int], list[int
 def run_one(config: str, work: Path, steps: int, window: int, threads: int) -> dict[str, Any]:
     from appliance.llm.training.loop import peak_rss_mb
 
-    side, variant = config.split(":")
+    side, variant, *rest = config.split(":")
+    top = int(rest[0].removeprefix("top")) if rest else 0
     rows = windows(work, steps, window)
     models = json.loads((work / "models.json").read_text())
     step_seconds = (
-        run_llama(models[variant], rows, threads)
+        run_llama(models[variant], rows, threads, top)
         if side == "llama"
-        else run_torch(models["gguf"], rows, variant, threads)
+        else run_torch(models["gguf"], rows, variant, threads, top)
     )
     timed = step_seconds[1:]
     return {
@@ -128,7 +133,7 @@ def run_one(config: str, work: Path, steps: int, window: int, threads: int) -> d
 
 
 def run_llama(
-    model_path: str, rows: list[tuple[list[int], list[int]]], threads: int
+    model_path: str, rows: list[tuple[list[int], list[int]]], threads: int, top: int
 ) -> list[float]:
     """appliance's engine, exactly as the worker drives it."""
     import numpy as np
@@ -140,7 +145,7 @@ def run_llama(
     from appliance.llm.training.lora_init import initial_factors, target_shapes
 
     path = Path(model_path)
-    shapes = target_shapes(tensor_shapes(open_gguf(path, ModelError)), ["attn_q", "attn_v"])
+    shapes = target_shapes(tensor_shapes(open_gguf(path, ModelError)), ["attn_q", "attn_v"], top)
     with tempfile.TemporaryDirectory() as folder:
         start = write_adapter(
             Path(folder) / "start.gguf", initial_factors(shapes, RANK, 0), ALPHA, "llama"
@@ -167,7 +172,7 @@ def run_llama(
 
 
 def run_torch(
-    gguf_path: str, rows: list[tuple[list[int], list[int]]], variant: str, threads: int
+    gguf_path: str, rows: list[tuple[list[int], list[int]]], variant: str, threads: int, top: int
 ) -> list[float]:
     """transformers + PEFT on the same weights, dequantized to fp32 by transformers."""
     import contextlib
@@ -182,8 +187,13 @@ def run_torch(
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, torch_dtype=torch.float32
     )
+    layers = list(range(LAYERS - top, LAYERS)) if top else None
     config = LoraConfig(
-        r=RANK, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"], lora_dropout=0.0
+        r=RANK,
+        lora_alpha=ALPHA,
+        target_modules=["q_proj", "v_proj"],
+        lora_dropout=0.0,
+        layers_to_transform=layers,
     )
     model = get_peft_model(model, config)
     model.train()
@@ -231,6 +241,8 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
         "llama:f32": "appliance (llama.cpp), F32 training copy",
         "torch:fp32": "PyTorch + PEFT, fp32",
         "torch:bf16": "PyTorch + PEFT, bf16 autocast",
+        "llama:q8_0:top8": "appliance, Q8_0 copy, top 8 of 30 blocks",
+        "torch:fp32:top8": "PyTorch + PEFT, fp32, top 8 of 30 blocks",
     }
     for config, (speed, memory) in medians.items():
         speeds = [r["tokens_per_s"] for r in runs[config]]

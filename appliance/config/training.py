@@ -25,6 +25,14 @@ class TrainingSettings(Section):
         description="Linear weights that get adapters, by their GGUF name inside a block "
         "(`attn_q`, `attn_k`, `attn_v`, `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`).",
     )
+    top_layers: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Put adapters only on the top N blocks (0 = every block). ggml computes "
+        "no backward pass below the lowest adapted block, so training is faster and needs "
+        "less memory, but learns less per step.",
+    )
     optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="Optimizer.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Initial learning rate.")
     lr_decay: Literal["none", "linear"] = Field(

@@ -234,3 +234,14 @@ def test_linear_decay_and_max_steps(tiny_f32: Path, corpus: Path, tmp_path: Path
     assert [e["learning_rate"] for e in steps] == pytest.approx([0.1, 0.08, 0.06, 0.04, 0.02])
     assert all(float(str(e["tokens_per_s"])) > 0 and e["epoch"] == 1 for e in steps)
     assert read_adapter(tmp_path / "a.gguf").metadata["appliance.training.optimizer"] == "sgd"
+
+
+def test_top_layers_puts_adapters_only_on_the_top_blocks(
+    tiny_f32: Path, corpus: Path, tmp_path: Path
+) -> None:
+    result = run(tiny_f32, corpus, tmp_path / "a.gguf", tmp_path, top_layers=1, epochs=2)
+    adapter = read_adapter(tmp_path / "a.gguf")
+    assert sorted(adapter.factors) == ["blk.1.attn_q.weight", "blk.1.attn_v.weight"]
+    assert adapter.metadata["appliance.lora.top_layers"] == 1
+    assert result.nll_after is not None and result.nll_before is not None
+    assert result.nll_after < result.nll_before

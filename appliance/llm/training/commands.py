@@ -27,6 +27,7 @@ _OPTION_FIELDS = {
     "rank": "rank",
     "alpha": "alpha",
     "targets": "targets",
+    "top_layers": "top_layers",
     "epochs": "epochs",
     "max_steps": "max_steps",
     "lr": "learning_rate",

@@ -20,29 +20,30 @@ _BLOCK_WEIGHT = re.compile(r"blk\.(\d+)\.([a-z0-9_]+)\.weight")
 
 
 def target_shapes(
-    base_shapes: dict[str, tuple[int, ...]], targets: list[str]
+    base_shapes: dict[str, tuple[int, ...]], targets: list[str], top_layers: int = 0
 ) -> dict[str, tuple[int, int]]:
-    """Base weights named `blk.N.<target>.weight`, with their numpy (n_out, n_in) shape."""
-    found: dict[str, tuple[int, int]] = {}
+    """Base weights named `blk.N.<target>.weight`, with their numpy (n_out, n_in) shape;
+    only in the top `top_layers` blocks when it is not 0."""
+    found: dict[str, tuple[int, int, int]] = {}
     present: set[str] = set()
     for name, shape in base_shapes.items():
         match = _BLOCK_WEIGHT.fullmatch(name)
         if match and len(shape) == 2:
             present.add(match.group(2))
             if match.group(2) in targets:
-                found[name] = (int(shape[0]), int(shape[1]))
+                found[name] = (int(match.group(1)), int(shape[0]), int(shape[1]))
     missing = [t for t in targets if t not in present]
     if missing:
         raise TrainingError(
             f"the model has no block weight named {', '.join(missing)}; "
             f"its linear weights are {', '.join(sorted(present))}"
         )
-    return dict(sorted(found.items(), key=lambda item: _layer_order(item[0])))
-
-
-def _layer_order(name: str) -> tuple[int, str]:
-    match = _BLOCK_WEIGHT.fullmatch(name)
-    return (int(match.group(1)), name) if match else (-1, name)
+    lowest = max(layer for layer, _, _ in found.values()) + 1 - top_layers if top_layers else 0
+    return {
+        name: (n_out, n_in)
+        for name, (layer, n_out, n_in) in sorted(found.items(), key=lambda i: (i[1][0], i[0]))
+        if layer >= lowest
+    }
 
 
 def derived_a(seed: int, name: str, rank: int, n_in: int) -> np.ndarray:

@@ -41,15 +41,24 @@ class MemoryEstimate:
 
 
 def estimate_training_memory(
-    info: ModelInfo, train_file_bytes: int, window_tokens: int, adapter_parameters: int, adamw: bool
+    info: ModelInfo,
+    *,
+    adapted_layers: int,
+    train_file_bytes: int,
+    window_tokens: int,
+    adapter_parameters: int,
+    adamw: bool,
 ) -> MemoryEstimate:
-    """Estimate for training `info`'s architecture from a file of `train_file_bytes`."""
+    """Estimate for training `info`'s architecture from a file of `train_file_bytes`.
+
+    Activations are kept for the backward pass only from the lowest adapted block up.
+    """
     per_layer = (
         12 * info.embedding_length
         + 4 * info.feed_forward_length
         + 2 * info.head_count * window_tokens
     )
-    activations = window_tokens * _F32 * (info.layers * per_layer + 3 * info.vocab_size)
+    activations = window_tokens * _F32 * (adapted_layers * per_layer + 3 * info.vocab_size)
     copies = 4 if adamw else 2  # value, gradient (+ two AdamW moments)
     return MemoryEstimate(
         weights_mb=train_file_bytes / _MB,

@@ -89,7 +89,9 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
     model = resolve_model_path(request.model)
     info = read_model_info(model, ModelError)
     (request.policy or LicensePolicy()).check(info)
-    shapes = target_shapes(tensor_shapes(open_gguf(model, ModelError)), list(settings.targets))
+    shapes = target_shapes(
+        tensor_shapes(open_gguf(model, ModelError)), list(settings.targets), settings.top_layers
+    )
     if request.start_adapter is not None:
         adapter = read_adapter(request.start_adapter)
         made_for = adapter.metadata.get(BASE_SHA256_KEY)
@@ -109,12 +111,14 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
     )
     parameters = sum(a.size + b.size for a, b in factors.values())
     train_model = training_copy(model, info.sha256, settings.base_precision, request.cache_dir)
+    adapted_layers = len({name.split(".")[1] for name in shapes})
     estimate = estimate_training_memory(
         info,
-        train_model.stat().st_size,
-        settings.window_tokens,
-        parameters,
-        settings.optimizer == "adamw",
+        adapted_layers=adapted_layers,
+        train_file_bytes=train_model.stat().st_size,
+        window_tokens=settings.window_tokens,
+        adapter_parameters=parameters,
+        adamw=settings.optimizer == "adamw",
     )
     if estimate.total_mb > settings.memory_limit_mb:
         raise TrainingError(
@@ -128,6 +132,7 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
         "appliance.lora.rank": settings.rank,
         "appliance.lora.alpha": settings.alpha,
         "appliance.lora.targets": ",".join(settings.targets),
+        "appliance.lora.top_layers": settings.top_layers,
         "appliance.lora.seed": settings.seed,
         "appliance.lora.frozen_a": settings.freeze_a,
         "appliance.training.optimizer": settings.optimizer,
