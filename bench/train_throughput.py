@@ -88,17 +88,10 @@ def prepare(work: Path, steps: int, window: int) -> None:
     (work / "models.json").write_text(json.dumps({**paths, "gguf": str(model)}))
 
 
-def child(config: str, work: Path, steps: int) -> dict[str, Any]:
-    command = [
-        sys.executable,
-        __file__,
-        "--one",
-        config,
-        "--work",
-        str(work),
-        "--steps",
-        str(steps),
-    ]
+def child(config: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one", config, "--work", str(work)]
+    command += ["--steps", str(args.steps), "--window", str(args.window)]
+    command += ["--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{config} failed:\n{done.stderr[-3000:]}")
@@ -242,13 +235,15 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
         "torch:fp32": "PyTorch + PEFT, fp32",
         "torch:bf16": "PyTorch + PEFT, bf16 autocast",
         "llama:q8_0:top8": "appliance, Q8_0 copy, top 8 of 30 blocks",
+        "llama:f32:top8": "appliance, F32 copy, top 8 of 30 blocks",
         "torch:fp32:top8": "PyTorch + PEFT, fp32, top 8 of 30 blocks",
+        "torch:bf16:top8": "PyTorch + PEFT, bf16 autocast, top 8 of 30 blocks",
     }
     for config, (speed, memory) in medians.items():
         speeds = [r["tokens_per_s"] for r in runs[config]]
         ratios = f"{speed / peer[0]:.2f}x | {memory / peer[1]:.2f}x" if peer else "- | -"
         lines.append(
-            f"| {names[config]} | {speed:.0f} ({min(speeds):.0f}-{max(speeds):.0f}) "
+            f"| {names.get(config, config)} | {speed:.0f} ({min(speeds):.0f}-{max(speeds):.0f}) "
             f"| {memory:.0f} | {ratios} |"
         )
     return "\n".join(lines)
