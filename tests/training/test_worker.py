@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +160,26 @@ def test_the_worker_runs_at_the_configured_nice_level(
     )
     train(request, look)
     assert seen == [max(7, os.nice(0))]
+
+
+def test_a_stop_event_from_another_thread_stops_at_a_step_boundary(
+    tiny_f32: Path, corpus: Path, tmp_path: Path
+) -> None:
+    stop = threading.Event()
+
+    def stop_after_two(event: dict[str, Any]) -> None:
+        if event["event"] == "step" and event["step"] == 2:
+            stop.set()
+
+    request = TrainingRequest(
+        tiny_f32, corpus, tmp_path / "a.gguf", tiny_settings(epochs=50), tmp_path
+    )
+    outcome: list[Any] = []
+    runner = threading.Thread(target=lambda: outcome.append(train(request, stop_after_two, stop)))
+    runner.start()
+    runner.join(timeout=300)
+    [result] = outcome
+    assert result.stopped and 2 <= result.steps < 50 * 12
+    adapter = read_adapter(tmp_path / "a.gguf")
+    assert adapter.metadata["appliance.training.steps"] == result.steps
+    assert adapter.metadata["appliance.training.stopped"] is True
