@@ -45,9 +45,11 @@ def test_sigkill_mid_epoch_is_a_clear_error_and_leaves_the_previous_adapter(
     request = TrainingRequest(
         tiny_f32, corpus, previous, tiny_settings(epochs=50), previous.parent / "c"
     )
-    with pytest.raises(TrainingError, match="trainer worker was killed by SIGKILL"):
+    with pytest.raises(TrainingError, match="trainer worker was killed by SIGKILL") as caught:
         train(request, kill_at_step_two)
     assert killed
+    assert "; its last log lines:\n" in str(caught.value)
+    assert "appliance.llm.training.loop: step 2/600 (epoch 1): loss" in str(caught.value)
     assert_untouched(previous, content)
 
 

@@ -6,6 +6,7 @@ The adapter is written atomically (`write_adapter`), so the output path always h
 the previous file or a complete new one.
 """
 
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +24,8 @@ from appliance.llm.texts import chat_template, record_text, tokenize
 from appliance.llm.training.engine import LoraTrainer, TrainingModel
 from appliance.llm.training.job import TrainingJob
 
+log = logging.getLogger(__name__)
+
 Emit = Callable[[dict[str, Any]], None]
 EVAL_CONTEXT_TOKENS = 512
 STATS_PREFIX = "appliance.training."
@@ -36,6 +39,7 @@ def run_job(job: TrainingJob, emit: Emit, stop_requested: Callable[[], bool]) ->
     train_texts = [record_text(r, template) for r in job.records(job.train_records)]
     heldout_texts = [record_text(r, template) for r in job.records(job.heldout_records)]
     emit({"event": "loading", "model": job.train_model})
+    log.info("loading %s for training (%d threads)", job.train_model, threads)
     model = TrainingModel(Path(job.train_model))
     window = settings.window_tokens
     windows = token_windows(_stream(model, train_texts), window, settings.stride_tokens or window)
@@ -117,6 +121,7 @@ def _write_and_evaluate(
     if progress["val_loss"] is not None:
         stats["val_loss"] = progress["val_loss"]
     metadata = {**job.metadata, **{STATS_PREFIX + k: v for k, v in stats.items()}}
+    log.info("writing %s after %d steps", job.out, progress["steps"])
     out = write_adapter(Path(job.out), factors, job.alpha, job.architecture, metadata)
     written: dict[str, Any] = {"adapter": str(out), "adapter_bytes": out.stat().st_size}
     if not progress["stopped"]:
@@ -189,6 +194,7 @@ def _train(
             train_seconds += elapsed
             steps += 1
             losses.append(loss)
+            log.info("step %d/%d (epoch %d): loss %.4f, lr %.3g", steps, total, epochs, loss, rate)
             emit(
                 {
                     "event": "step",
