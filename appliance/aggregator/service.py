@@ -38,6 +38,7 @@ from appliance.identity import TrustStore
 from appliance.identity.own_key import node_key
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.telemetry.fleet_host import FleetHealthService
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.outbox import Priority
 from appliance.transport.receiver import ReceivedArtifact
@@ -71,6 +72,9 @@ class AggregatorService:
         self._events: queue.Queue[_IncomingUpdate | tuple[Evaluation, str]] = queue.Queue()
         self._inbox = self.state_dir / "updates"
         self._inbox.mkdir(exist_ok=True)
+        for pending in sorted(self._inbox.glob("*.update"), key=lambda p: p.stat().st_mtime):
+            sender, round_id, _artifact_id, _suffix = pending.name.split(".")
+            self._events.put(_IncomingUpdate(sender, round_id, pending))
         self._next_round_at = 0.0
         self._announced_at = 0.0
         settings = NodeSettings(
@@ -82,6 +86,7 @@ class AggregatorService:
         )
         self.transport = TransportNode(self.key, self.trust, settings, self._on_artifact)
         self.transport.on_message("+", "evaluation", Evaluation, self._on_evaluation)
+        self.health = FleetHealthService(config)
 
     # -- transport callbacks (worker thread): queue only ------------------------------------
 
@@ -96,7 +101,9 @@ class AggregatorService:
                 manifest.sender,
             )
             return
-        target = self._inbox / f"{manifest.sender}.{manifest.artifact_id}.update"
+        # The file in the inbox is the hand-over: the receiver acknowledges the artifact after
+        # this returns, so it must survive a crash before the update reaches the round store.
+        target = self._inbox / f"{manifest.sender}.{round_id}.{manifest.artifact_id}.update"
         shutil.move(artifact.path, target)
         self._events.put(_IncomingUpdate(manifest.sender, round_id, target))
 
@@ -106,11 +113,13 @@ class AggregatorService:
     # -- the main loop's step -----------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to the broker."""
+        """Connect to the broker; watch the fleet's health (Sparkplug primary host)."""
         self.transport.start()
+        self.health.start()
 
     def stop(self) -> None:
         """Disconnect and close stores."""
+        self.health.stop()
         self.transport.stop()
         self.store.close()
 
@@ -196,6 +205,7 @@ class AggregatorService:
             rank=training.rank,
             alpha=training.alpha,
             targets=tuple(training.targets),
+            top_layers=training.top_layers,
             seed=training.seed,
             frozen_a=training.freeze_a,
             learning_rate=training.learning_rate,
@@ -407,6 +417,7 @@ class AggregatorService:
             alpha=training.alpha,
             seed=training.seed,
             frozen_a=training.freeze_a,
+            top_layers=training.top_layers,
         )
         save_global_adapter(
             self._global_path(0),

@@ -12,6 +12,12 @@ class PathSettings(Section):
         default="/var/lib/appliance",
         description="Databases, adapters, outbox and caches. Must be writable by the daemon.",
     )
+    cache_dir: ConfigPath | None = Field(
+        default=None,
+        description="Edge only: training copies of the base model (see "
+        "`training.base_precision`); absent = `<state_dir>/cache`. Daemons on one host may "
+        "share it.",
+    )
     spool_dir: ConfigPath = Field(
         default="/var/lib/appliance/spool",
         description="Edge only: plant data is dropped here as JSON Lines files "

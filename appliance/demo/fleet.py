@@ -76,6 +76,7 @@ def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: Fle
         "[paths]",
         f'state_dir = "{layout.state_dir(node)}"',
         f'spool_dir = "{layout.root / node / "spool"}"',
+        f'cache_dir = "{layout.root / "cache"}"',
         "[training]",
         *(f"{key} = {_toml(value)}" for key, value in options.training.items()),
     ]
@@ -88,6 +89,10 @@ def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: Fle
             "reannounce_s = 2.0",
             "[fleet]",
             f"max_rounds = {options.rounds}",
+            "[fleet.codec]",
+            "top_k_fraction = 0.1",
+            "[health]",
+            "metrics_port = 0",
         ]
     else:
         lines += ["[federation]", f'aggregator_id = "{AGGREGATOR}"', "spool_scan_s = 1.0"]

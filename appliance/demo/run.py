@@ -32,9 +32,9 @@ TINY_TRAINING = {
 BUILTIN_TRAINING = {
     "rank": 8,
     "alpha": 16.0,
-    "learning_rate": 0.002,
-    "max_steps": 6,
-    "epochs": 1,
+    "learning_rate": 0.008,
+    "max_steps": 4,
+    "top_layers": 8,
     "base_precision": "q8_0",
     "threads": 1,
     "window_tokens": 256,

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.llm.runtime import Adapter, Runtime
-from appliance.llm.scoring import texts_nll
 
 
 def nll_with(runtime: Runtime, texts: Sequence[str], adapter: Adapter | None) -> tuple[float, int]:
@@ -17,7 +16,7 @@ def nll_with(runtime: Runtime, texts: Sequence[str], adapter: Adapter | None) ->
     before = runtime.active_adapters
     try:
         runtime.set_adapters([] if adapter is None else [(adapter, 1.0)])
-        result = texts_nll(runtime, texts)
+        result = runtime.nll(texts, special=True)
     finally:
         runtime.set_adapters(before)
     return result.mean_nll, result.tokens

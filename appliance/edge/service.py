@@ -34,6 +34,8 @@ from appliance.llm.licenses import LicensePolicy
 from appliance.llm.runtime import Adapter, Runtime
 from appliance.llm.texts import chat_template, record_text
 from appliance.llm.training.supervisor import TrainingRequest
+from appliance.telemetry.metrics import DaemonState
+from appliance.telemetry.reporter import HealthReporter
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.receiver import ReceivedArtifact
 
@@ -70,6 +72,8 @@ class EdgeService:
         self._events: queue.Queue[Event] = queue.Queue()
         self._next_scan = 0.0
         self._restore_active()
+        for pending in sorted(self.adapters_dir.glob("incoming.*.gguf")):
+            self._events.put(("global", (pending, pending.name.split(".")[1])))
         aggregator = config.federation.aggregator_id
         settings = NodeSettings(
             config.identity.plant_id,
@@ -91,18 +95,22 @@ class EdgeService:
         self.transport.on_message(
             aggregator, "command", Command, lambda m, _s: self._events.put(("command", m))
         )
+        self.health = HealthReporter(config, daemon_state=self._daemon_state)
 
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to the broker."""
+        """Connect to the broker, start the health probes and Sparkplug reporting."""
         self.transport.start()
+        self.health.start()
 
     def stop(self) -> None:
         """Stop training at a step boundary, then disconnect."""
         if self.training is not None:
+            self.training.resume()
             self.training.stop.set()
             self.training.join(timeout_s=120)
+        self.health.stop()
         self.transport.stop()
         self.spool.close()
         self.runtime.close()
@@ -130,10 +138,43 @@ class EdgeService:
             except queue.Empty:
                 break
             self._handle(kind, payload)
+        self._follow_gate()
         if self.training is not None and (outcome := self.training.outcome()) is not None:
             run, self.training = self.training, None
             self._finish_round(run, outcome)
         return self.status()
+
+    def _follow_gate(self) -> None:
+        """Pause training while the hardware says no (hot, full disk, memory pressure)."""
+        if self.training is None:
+            return
+        decision = self.health.gate()
+        if not decision.allowed:
+            self.training.pause(decision.summary())
+        else:
+            self.training.resume()
+
+    def _daemon_state(self) -> DaemonState:
+        """What the health reporter publishes about the daemon (read from its thread)."""
+        run = self.training
+        progress = run.progress if run else {}
+        step, total = progress.get("step"), progress.get("steps_total")
+        percent = (
+            100.0 * step / total
+            if isinstance(step, int) and isinstance(total, int) and total
+            else None
+        )
+        return DaemonState(
+            model_sha256=self.runtime.info.sha256,
+            adapter_version=None
+            if self.state.active_version is None
+            else str(self.state.active_version),
+            training_state="idle" if run is None else ("paused" if run.paused else "training"),
+            training_progress_percent=percent,
+            training_gate=self.health.gate().summary(),
+            last_round=self.state.done_rounds[-1] if self.state.done_rounds else None,
+            outbox_depth=self.transport.outbox.count(),
+        )
 
     def _handle(self, kind: str, payload: object) -> None:
         try:
@@ -151,9 +192,11 @@ class EdgeService:
         if manifest.kind != "global":
             log.warning("ignored artifact of kind %r from %s", manifest.kind, manifest.sender)
             return
-        target = self.adapters_dir / f"incoming-{manifest.artifact_id}.gguf"
+        # acknowledged once this returns: the file is the hand-over and survives a crash
+        round_id = str(manifest.meta.get("round_id", "unknown"))
+        target = self.adapters_dir / f"incoming.{round_id}.{manifest.artifact_id}.gguf"
         shutil.move(artifact.path, target)
-        self._events.put(("global", (target, str(manifest.meta.get("round_id", "")))))
+        self._events.put(("global", (target, round_id)))
 
     # -- rounds -------------------------------------------------------------------------------
 
@@ -167,6 +210,10 @@ class EdgeService:
                     round_.round_id,
                     self.training.round_id,
                 )
+            return
+        decision = self.health.gate()
+        if not decision.allowed:
+            log.info("round %s: not joining now: %s", round_.round_id, decision.summary())
             return
         if round_.base_sha256 != self.runtime.info.sha256:
             log.error(
@@ -206,6 +253,7 @@ class EdgeService:
                 "rank": plan.rank,
                 "alpha": plan.alpha,
                 "targets": list(plan.targets),
+                "top_layers": plan.top_layers,
                 "seed": plan.seed,
                 "freeze_a": plan.frozen_a,
                 "learning_rate": plan.learning_rate,
@@ -220,10 +268,11 @@ class EdgeService:
             data=write_records(work / "train.jsonl", records),
             out=work / "local.gguf",
             settings=settings,
-            cache_dir=self.state_dir / "cache",
+            cache_dir=self.config.paths.cache_dir or self.state_dir / "cache",
             start_adapter=base_path,
             stall_timeout_s=self.config.federation.train_stall_timeout_s,
             policy=LicensePolicy.from_settings(self.config.model),
+            evaluate=False,
         )
         self.training = TrainingRun(round_, request, len(records))
         self.training.start()
@@ -278,6 +327,7 @@ class EdgeService:
             alpha=plan.alpha,
             seed=plan.seed,
             frozen_a=plan.frozen_a,
+            top_layers=plan.top_layers,
         )
 
     def _mark_done(self, round_id: str, local_nll: float | None) -> None:

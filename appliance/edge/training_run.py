@@ -6,6 +6,9 @@ current step and writes a valid adapter.
 """
 
 import json
+import logging
+import os
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ from appliance.errors import ApplianceError
 from appliance.federation.messages import RoundAnnouncement
 from appliance.llm.training.job import TrainingResult
 from appliance.llm.training.supervisor import TrainingRequest, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class TrainingRun:
         self.records = records
         self.stop = threading.Event()
         self.progress: dict[str, object] = {}
+        self.paused = False
         self._outcome: RunOutcome | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"train-{self.round_id}", daemon=True
@@ -54,6 +60,22 @@ class TrainingRun:
     def outcome(self) -> RunOutcome | None:
         """None while running."""
         return self._outcome if not self._thread.is_alive() else None
+
+    def pause(self, why: str) -> None:
+        """Freeze the worker process (SIGSTOP): it keeps its state and resumes where it was."""
+        pid = self.progress.get("worker_pid")
+        if isinstance(pid, int) and not self.paused:
+            os.kill(pid, signal.SIGSTOP)
+            self.paused = True
+            log.warning("round %s: training paused: %s", self.round_id, why)
+
+    def resume(self) -> None:
+        """Let a paused worker go on (SIGCONT)."""
+        pid = self.progress.get("worker_pid")
+        if isinstance(pid, int) and self.paused:
+            os.kill(pid, signal.SIGCONT)
+            self.paused = False
+            log.info("round %s: training resumed", self.round_id)
 
     def join(self, timeout_s: float) -> None:
         """Wait for the thread (used when stopping)."""

@@ -30,9 +30,10 @@ def initial_global_adapter(
     alpha: float,
     seed: int,
     frozen_a: bool,
+    top_layers: int = 0,
 ) -> GlobalAdapter:
-    """Version 0: derived A, zero B, for every targeted weight of the base model."""
-    factors = initial_factors(target_shapes(base_shapes, targets), rank, seed)
+    """Version 0: derived A, zero B, for every targeted weight (of the top blocks, if set)."""
+    factors = initial_factors(target_shapes(base_shapes, targets, top_layers), rank, seed)
     return GlobalAdapter(0, factors, alpha, frozen_a)
 
 

@@ -28,6 +28,7 @@ class TrainingPlan(Message):
     rank: int = Field(ge=1, le=256)
     alpha: float = Field(gt=0)
     targets: tuple[str, ...] = Field(min_length=1)
+    top_layers: int = Field(default=0, ge=0, description="Adapt only the top N blocks (0: all).")
     seed: int = Field(ge=0)
     frozen_a: bool
     learning_rate: float = Field(gt=0, le=1)

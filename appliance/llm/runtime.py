@@ -149,9 +149,13 @@ class Runtime:
 
     # -- text -------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of `text` (with the model's BOS token first when `add_bos`)."""
-        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Token ids of `text` (with the model's BOS token first when `add_bos`).
+
+        `special` parses chat markers such as `<|im_start|>` as the special tokens they are:
+        what training data rendered with the model's chat template needs.
+        """
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
     def generate(
         self,
@@ -188,15 +192,15 @@ class Runtime:
             completion_tokens=usage["completion_tokens"],
         )
 
-    def nll(self, texts: Sequence[str]) -> NllResult:
+    def nll(self, texts: Sequence[str], special: bool = False) -> NllResult:
         """NLL of each text's tokens given the ones before it, summed over texts.
 
         A text longer than the context is scored in consecutive windows of the context
-        length; the first token of every window is context only.
+        length; the first token of every window is context only. `special` as in `tokenize`.
         """
         total, count = 0.0, 0
         for text in texts:
-            tokens = self.tokenize(text)
+            tokens = self.tokenize(text, special=special)
             for start in range(0, max(len(tokens) - 1, 0), self.context_tokens):
                 window = tokens[start : start + self.context_tokens]
                 if len(window) > 1:

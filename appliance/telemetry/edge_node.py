@@ -97,8 +97,10 @@ class EdgeNode:
             maxlen=self.options.max_history_messages or None
         )
         self.dropped_history = 0
+        # its own client id: the federation transport of the same box connects as `node_id`,
+        # and a broker drops the older of two connections with one client id
         self.client = MqttClient(
-            mqtt, node_id, will_factory=self._next_will, clean_start=True, tick_s=1.0
+            mqtt, f"{node_id}-sparkplug", will_factory=self._next_will, clean_start=True, tick_s=1.0
         )
         self.client.subscribe(self._topic("NCMD"), self._on_command)
         if self.options.primary_host_id is not None:

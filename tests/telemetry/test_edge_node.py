@@ -104,11 +104,11 @@ def test_nbirth_follows_ncmd_subscription_and_clean_start(
     edge_nodes("box1")
     observer.wait(1, "NBIRTH", topic=NBIRTH)
     log = broker.log_text()
-    assert "as box1 (p5, c1, k5)" in log  # MQTT 5, Clean Start
-    will = log.split("as box1 (p5, c1, k5).\n", 1)[1].splitlines()[:2]
+    assert "as box1-sparkplug (p5, c1, k5)" in log  # MQTT 5, Clean Start
+    will = log.split("as box1-sparkplug (p5, c1, k5).\n", 1)[1].splitlines()[:2]
     assert will[0].endswith("(r0, q1).") and will[1].endswith(NDEATH)  # Will: QoS 1, no retain
     subscribed = log.index(f"\t{NCMD} (QoS 1)")
-    born = log.index(f"Received PUBLISH from box1 (d0, q0, r0, m0, '{NBIRTH}'")
+    born = log.index(f"Received PUBLISH from box1-sparkplug (d0, q0, r0, m0, '{NBIRTH}'")
     assert subscribed < born
 
 
@@ -219,7 +219,9 @@ def test_state_gating_and_historical_replay(
     first_bdseq = by_name(birth.decode().metrics)[BDSEQ].value
     assert isinstance(first_bdseq, int)
     assert by_name(death.decode().metrics)[BDSEQ].value == first_bdseq
-    wait_for(lambda: broker.log_text().count("as box1 (p5, c1, k5)") == 2, "a new session")
+    wait_for(
+        lambda: broker.log_text().count("as box1-sparkplug (p5, c1, k5)") == 2, "a new session"
+    )
     host.publish(state_topic("scada"), encode_state(True, 1500), retain=True)  # stale: ignored
     node.update({**VALUES, "Memory/Used Percent": (D, 50.0)})
     wait_for(lambda: len(node._history) == 1, "data kept while the host is offline")

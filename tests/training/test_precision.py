@@ -30,7 +30,8 @@ def test_f32_copy_keeps_metadata_and_scores_like_the_original(
     served = tiny_models["q4_0"]
     copy = training_copy(served, file_sha256(served), "f32", tmp_path)
     assert copy == tmp_path / f"{file_sha256(served)}-f32.gguf"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [copy.name]
+    # no temporary file is left; the lock file that serialises copy-making stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".{copy.name}.lock", copy.name]
     original, converted = gguf.GGUFReader(served), gguf.GGUFReader(copy)
     assert {t.tensor_type for t in converted.tensors} == {gguf.GGMLQuantizationType.F32}
     assert [t.name for t in converted.tensors] == [t.name for t in original.tensors]
@@ -43,3 +44,32 @@ def test_f32_copy_keeps_metadata_and_scores_like_the_original(
             scores.append(runtime.nll([TEXT]).mean_nll)
     # quantized matmuls also round the activations (to Q8), the F32 copy does not
     assert abs(scores[0] - scores[1]) < 0.01
+
+
+def test_processes_sharing_a_cache_make_the_copy_once(
+    tiny_models: dict[TinyQuant, Path], tmp_path: Path
+) -> None:
+    """Three processes ask for the same copy at once: one converts, all get the same file."""
+    import subprocess
+    import sys
+
+    served = tiny_models["q4_0"]
+    code = (
+        "import sys; from pathlib import Path; "
+        "from appliance.llm.training.precision import training_copy; "
+        "from appliance.llm.gguf_file import file_sha256; "
+        "p = Path(sys.argv[1]); c = training_copy(p, file_sha256(p), 'f32', Path(sys.argv[2])); "
+        "print(c.stat().st_ino)"
+    )
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(served), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    inodes = {run.communicate(timeout=120)[0].strip() for run in runs}
+    assert all(run.returncode == 0 for run in runs)
+    assert len(inodes) == 1  # the same file: no process replaced another's copy
+    assert not list(tmp_path.glob("*.tmp"))

@@ -18,7 +18,6 @@ from appliance.errors import ConfigError
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.runtime import Runtime
-from appliance.llm.scoring import texts_nll
 from appliance.llm.texts import chat_template, record_text
 from appliance.llm.training.supervisor import TrainingRequest, train
 
@@ -142,7 +141,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     with Runtime(model, context_tokens=EVAL_CONTEXT_TOKENS, policy=policy) as runtime:
         if args.adapter:
             runtime.set_adapters([(runtime.load_adapter(args.adapter), 1.0)])
-        nll = texts_nll(runtime, texts)
+        nll = runtime.nll(texts, special=True)
     return {
         "model": str(model),
         "model_sha256": runtime.info.sha256,

@@ -28,6 +28,7 @@ class TrainingJob:
     train_records: list[dict[str, Any]]
     heldout_records: list[dict[str, Any]]
     metadata: dict[str, MetadataValue] = field(default_factory=dict)
+    evaluate: bool = True
 
     def to_json(self) -> str:
         """Serialise for the worker's stdin."""

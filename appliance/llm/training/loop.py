@@ -19,7 +19,6 @@ from appliance.data.windows import Windows, token_windows
 from appliance.llm.adapters import LoraFactors, read_adapter, write_adapter
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.runtime import Runtime
-from appliance.llm.scoring import texts_nll
 from appliance.llm.texts import chat_template, record_text, tokenize
 from appliance.llm.training.engine import LoraTrainer, TrainingModel
 from appliance.llm.training.job import TrainingJob
@@ -124,7 +123,7 @@ def _write_and_evaluate(
     log.info("writing %s after %d steps", job.out, progress["steps"])
     out = write_adapter(Path(job.out), factors, job.alpha, job.architecture, metadata)
     written: dict[str, Any] = {"adapter": str(out), "adapter_bytes": out.stat().st_size}
-    if not progress["stopped"]:
+    if not progress["stopped"] and job.evaluate:
         emit({"event": "evaluating"})
         # the same factors without the base-model binding, to score them on the training copy
         unbound = Path(job.start_adapter).with_name("trained-unbound.gguf")
@@ -229,16 +228,16 @@ def _evaluate(
     with Runtime(
         job.model, context_tokens=EVAL_CONTEXT_TOKENS, threads=threads, policy=policy
     ) as rt:
-        before = texts_nll(rt, texts)
+        before = rt.nll(texts, special=True)
         rt.set_adapters([(rt.load_adapter(adapter), 1.0)])
-        after = texts_nll(rt, texts)
+        after = rt.nll(texts, special=True)
     on_copy = None
     if job.train_model != job.model:
         with Runtime(
             job.train_model, context_tokens=EVAL_CONTEXT_TOKENS, threads=threads, policy=policy
         ) as rt:
             rt.set_adapters([(rt.load_adapter(unbound), 1.0)])
-            on_copy = texts_nll(rt, texts).mean_nll
+            on_copy = rt.nll(texts, special=True).mean_nll
     return {
         "nll_before": before.mean_nll,
         "nll_after": after.mean_nll,

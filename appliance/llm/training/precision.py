@@ -8,6 +8,7 @@ atomically, so a crash never leaves a half copy that looks valid), and only used
 the adapter is served on the original model.
 """
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -45,7 +46,17 @@ def training_copy(model: Path, sha256: str, precision: BasePrecision, cache_dir:
     if target.is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=cache_dir)
+    # processes sharing a cache (several daemons on one host) make the copy once: the others
+    # wait for the lock and find the file
+    with (cache_dir / f".{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_file():
+            _convert_atomically(model, target, precision)
+    return target
+
+
+def _convert_atomically(model: Path, target: Path, precision: BasePrecision) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         _convert(model, Path(tmp_name), precision)
@@ -53,7 +64,6 @@ def training_copy(model: Path, sha256: str, precision: BasePrecision, cache_dir:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    return target
 
 
 def _convert(source: Path, target: Path, precision: BasePrecision) -> None:

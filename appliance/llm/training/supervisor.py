@@ -59,6 +59,9 @@ class TrainingRequest:
     start_adapter: Path | None = None
     stall_timeout_s: float = 900.0
     policy: LicensePolicy | None = None
+    evaluate: bool = True
+    """Score the adapter on the served model (and the training copy) after training; the edge
+    daemon measures on its own held-out set instead and turns this off."""
 
 
 def train(
@@ -152,6 +155,7 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
         train_records=[asdict(r) for r in train_records],
         heldout_records=[asdict(r) for r in heldout],
         metadata=metadata,
+        evaluate=request.evaluate,
     )
     facts = {
         "records": len(train_records),
