@@ -1,0 +1,63 @@
+"""The main loop every daemon shares: load, ready, tick until SIGTERM, reload on SIGHUP.
+
+A service is anything with `start()`, `step() -> status line`, `stop()` and a `config`
+attribute; the edge and aggregator daemons differ only in the service they run.
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from appliance.config import AggregatorConfig, EdgeConfig, load_config
+from appliance.errors import ConfigError
+from appliance.system.life import DaemonLife
+from appliance.system.logs import setup_logging
+
+STEP_S = 0.2
+C = TypeVar("C", EdgeConfig, AggregatorConfig)
+
+
+class Service(Protocol[C]):
+    """What a daemon runs."""
+
+    config: C
+
+    def start(self) -> None: ...
+    def step(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+def run_daemon(
+    config_path: Path, role: type[C], make: Callable[[C], Service[C]], loading: str
+) -> int:
+    """Run `make(config)` until SIGTERM; exit status 0 after a clean stop."""
+    config = load_role(config_path, role)
+    setup_logging(config.logging.level, config.logging.llama_level)
+    life = DaemonLife()
+    life.install_signal_handlers()
+    life.loading(loading, expected_s=120)
+    service = make(config)
+    service.start()
+    life.ready(service.step())
+    try:
+        while not life.stopping:
+            fresh = life.take_reload(lambda: load_role(config_path, role), config)
+            if fresh is not config:
+                config = service.config = fresh
+                setup_logging(config.logging.level, config.logging.llama_level)
+            life.tick(service.step())
+            time.sleep(STEP_S)
+    finally:
+        life.stopping_now("stopping: finishing the current step, state is on disk")
+        service.stop()
+    return 0
+
+
+def load_role(path: Path, role: type[C]) -> C:
+    """Load a config file that must be of the given role."""
+    config = load_config(path)
+    if not isinstance(config, role):
+        wanted = "edge" if role is EdgeConfig else "aggregator"
+        raise ConfigError(f'{path}: role: must be "{wanted}" for `appliance {wanted} run`')
+    return config
