@@ -38,6 +38,7 @@ class FleetOptions:
     port: int
     records_per_box: int
     training: dict[str, object]
+    codec: tuple[tuple[str, object], ...] = (("top_k_fraction", 0.1),)
 
 
 def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
@@ -90,7 +91,7 @@ def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: Fle
             "[fleet]",
             f"max_rounds = {options.rounds}",
             "[fleet.codec]",
-            "top_k_fraction = 0.1",
+            *(f"{key} = {_toml(value)}" for key, value in options.codec),
             "[health]",
             "metrics_port = 0",
         ]

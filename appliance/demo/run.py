@@ -8,6 +8,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def run_demo(
     directory: Path | None,
     timeout_s: float,
     quiet: bool = False,
+    codec: tuple[tuple[str, object], ...] | None = None,
+    training: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     """Run the whole system; returns the JSON summary. Ctrl-C or SIGTERM stop every process."""
     signal.signal(signal.SIGTERM, _interrupt)
@@ -58,8 +61,12 @@ def run_demo(
         )
         broker, port = start_broker(root / "broker")
         stack.callback(stop_process, broker)
-        model_path, training, records = _model_choice(model, root)
-        options = FleetOptions(boxes, rounds, model_path, port, records, training)
+        model_path, default_training, records = _model_choice(model, root)
+        options = FleetOptions(
+            boxes, rounds, model_path, port, records, {**default_training, **(training or {})}
+        )
+        if codec is not None:
+            options = replace(options, codec=codec)
         layout = lay_out(root, options)
         processes = [spawn_node(layout, node) for node in (AGGREGATOR, *layout.boxes)]
         for process in processes:
