@@ -38,7 +38,7 @@ class FleetOptions:
     port: int
     records_per_box: int
     training: dict[str, object]
-    codec: tuple[tuple[str, object], ...] = (("top_k_fraction", 0.1),)
+    codec: tuple[tuple[str, object], ...] = (("values", "int8"),)
 
 
 def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
