@@ -4,8 +4,12 @@ A service is anything with `start()`, `step() -> status line`, `stop()` and a `c
 attribute; the edge and aggregator daemons differ only in the service they run.
 """
 
+import argparse
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -59,5 +63,37 @@ def load_role(path: Path, role: type[C]) -> C:
     config = load_config(path)
     if not isinstance(config, role):
         wanted = "edge" if role is EdgeConfig else "aggregator"
-        raise ConfigError(f'{path}: role: must be "{wanted}" for `appliance {wanted} run`')
+        raise ConfigError(f'{path}: role: must be "{wanted}" for this command')
     return config
+
+
+class Part(Protocol):
+    """A piece that runs on its own threads between `start()` and `stop()`."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def run_part_alone(
+    argv: Sequence[str] | None, description: str, role: type[C], make: Callable[[C], Part]
+) -> int:
+    """`python -m ...` entry point of one part of a daemon: `--config FILE`, run until
+    SIGTERM or Ctrl-C (for running it on its own and for tests that kill it)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, type=Path, help="config file (TOML)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging("debug" if args.verbose else "info")
+    try:
+        config = load_role(args.config, role)
+    except ConfigError as exc:
+        print(f"appliance: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    part = make(config)
+    stopped = threading.Event()
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda _signum, _frame: stopped.set())
+    part.start()
+    stopped.wait()
+    part.stop()
+    return 0

@@ -4,17 +4,10 @@ The aggregator daemon embeds `FleetHealthService`; `python -m appliance.telemetr
 --config aggregator.toml` runs it alone (for the benchmark, and for tests that kill it).
 """
 
-import argparse
-import signal
-import sys
-import threading
 from collections.abc import Sequence
-from types import FrameType
 
-from appliance.config.loading import load_config
 from appliance.config.roles import AggregatorConfig
-from appliance.errors import ConfigError
-from appliance.system.logs import setup_logging
+from appliance.system.daemon import run_part_alone
 from appliance.telemetry.alerts import Thresholds
 from appliance.telemetry.fleet import store_path
 from appliance.telemetry.host import PrimaryHost, Retention
@@ -64,31 +57,10 @@ class FleetHealthService:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Watch the fleet's health (Sparkplug host).")
-    parser.add_argument("--config", required=True, help="aggregator config file (TOML)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging("debug" if args.verbose else "info")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"appliance: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if not isinstance(config, AggregatorConfig):
-        print(f'appliance: error: {args.config}: role: must be "aggregator"', file=sys.stderr)
-        return 2
-    service = FleetHealthService(config)
-    stopped = threading.Event()
-
-    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    service.start()
-    stopped.wait()
-    service.stop()
-    return 0
+    """`python -m appliance.telemetry.fleet_host --config FILE`."""
+    return run_part_alone(
+        argv, "Watch the fleet's health (Sparkplug host).", AggregatorConfig, FleetHealthService
+    )
 
 
 if __name__ == "__main__":

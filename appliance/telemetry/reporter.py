@@ -5,19 +5,13 @@ The edge daemon embeds a `HealthReporter` and asks it `gate()` before and during
 without the rest of the daemon, and what the tests kill with SIGKILL to see the NDEATH Will).
 """
 
-import argparse
 import logging
-import signal
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 
-from appliance.config.loading import load_config
 from appliance.config.roles import EdgeConfig
-from appliance.errors import ConfigError
-from appliance.system.logs import setup_logging
+from appliance.system.daemon import run_part_alone
 from appliance.telemetry.edge_node import EdgeNode, EdgeNodeOptions
 from appliance.telemetry.gate import GateDecision, TrainingGate
 from appliance.telemetry.metrics import DaemonState, daemon_metrics, probe_metrics
@@ -100,31 +94,10 @@ def _inside(path: Path, root: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Report this box's health over Sparkplug B.")
-    parser.add_argument("--config", required=True, help="edge config file (TOML)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging("debug" if args.verbose else "info")
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"appliance: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    if not isinstance(config, EdgeConfig):
-        print(f'appliance: error: {args.config}: role: must be "edge"', file=sys.stderr)
-        return 2
-    reporter = HealthReporter(config)
-    stopped = threading.Event()
-
-    def _on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    reporter.start()
-    stopped.wait()
-    reporter.stop()
-    return 0
+    """`python -m appliance.telemetry.reporter --config FILE`."""
+    return run_part_alone(
+        argv, "Report this box's health over Sparkplug B.", EdgeConfig, HealthReporter
+    )
 
 
 if __name__ == "__main__":
