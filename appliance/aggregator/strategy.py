@@ -19,7 +19,7 @@ def build_strategy(settings: StrategySettings) -> Strategy:
         case "fedavg":
             inner = FedAvgFrozenA()
         case "exact-product":
-            inner = ExactProduct()
+            inner = ExactProduct(accumulator=settings.accumulator)
         case "fedit":
             inner = FedIT()
         case "median":

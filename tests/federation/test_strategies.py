@@ -12,7 +12,7 @@ from appliance.federation.strategies import (
     RejectedUpdateError,
     TrimmedMean,
 )
-from appliance.federation.strategies.lowrank import LowRankSum
+from appliance.federation.strategies.lowrank import DenseSum, LowRankSum
 from appliance.federation.updates import ClientUpdate, Delta, GlobalAdapter
 
 SHAPES = {"blk.0.attn_q.weight": (24, 32), "blk.1.attn_v.weight": (16, 32)}
@@ -67,10 +67,15 @@ def test_fedavg_of_b_with_frozen_a_equals_the_weighted_mean_of_products() -> Non
     assert result.report == {"strategy": "fedavg-frozen-a", "updates": 3, "samples": 100}
 
 
-def test_exact_product_matches_a_dense_truncated_svd() -> None:
+ACCUMULATORS = pytest.mark.parametrize("accumulator", ["factored", "dense"])
+
+
+@ACCUMULATORS
+def test_exact_product_matches_a_dense_truncated_svd(accumulator) -> None:
     g = base(frozen=False)
     ups = [update(f"box{i}", g, s, seed=i, scale=0.3) for i, s in enumerate([5, 7, 11, 13])]
-    result = run(ExactProduct(), g, ups)
+    result = run(ExactProduct(accumulator=accumulator), g, ups)
+    assert result.report["accumulator"] == accumulator
     total = 36
     for name, (a, b) in result.factors.items():
         dense = sum(u.sample_count * products(g, u)[name] for u in ups) / total
@@ -85,11 +90,12 @@ def test_exact_product_matches_a_dense_truncated_svd() -> None:
     assert 0 < error < 1
 
 
-def test_exact_product_is_exact_when_boxes_agree() -> None:
+@ACCUMULATORS
+def test_exact_product_is_exact_when_boxes_agree(accumulator) -> None:
     g = base(frozen=False)
     same = update("x", g, 1, seed=3)
     ups = [ClientUpdate(f"box{i}", 1 + i, same.deltas) for i in range(3)]
-    result = run(ExactProduct(), g, ups)
+    result = run(ExactProduct(accumulator=accumulator), g, ups)
     assert result.report["truncation_error"] < 1e-6
     for name, (a, b) in result.factors.items():
         np.testing.assert_allclose(b.astype(np.float64) @ a, products(g, same)[name], atol=1e-5)
@@ -123,6 +129,22 @@ def test_low_rank_sum_memory_is_bounded_and_its_error_bound_holds() -> None:
     optimal = np.sqrt((s[4:] ** 2).sum()) / np.sqrt((s**2).sum())
     assert error <= optimal + result.streaming_error_bound + 1e-9
     assert result.streaming_error_bound > 0
+
+
+def test_dense_sum_over_many_batches_is_exact() -> None:
+    rng = np.random.default_rng(1)
+    summed = DenseSum(40, 30, batch_rank=6)
+    dense = np.zeros((40, 30))
+    for rank in [2, 3, 2, 1, 4, 9, 2, 2, 3]:  # folds at uneven points; 9 > batch goes straight in
+        p, q = rng.normal(size=(40, rank)), rng.normal(size=(rank, 30))
+        summed.add(p, q)
+        dense += p @ q
+    result = summed.truncate(30, scale=0.5)
+    np.testing.assert_allclose(result.left @ result.right, 0.5 * dense, atol=1e-9)
+    assert result.streaming_error_bound == 0 and result.relative_error < 1e-12
+    result = summed.truncate(4)
+    s = np.linalg.svd(dense, compute_uv=False)
+    assert result.relative_error == pytest.approx(np.sqrt((s[4:] ** 2).sum() / (s**2).sum()))
 
 
 @pytest.mark.parametrize("make", [FedAvgFrozenA, CoordinateMedian, lambda: TrimmedMean(0.2)])
