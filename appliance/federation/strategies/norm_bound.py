@@ -64,22 +64,38 @@ class NormBound:
 
     def _scale_for(self, update: ClientUpdate) -> float:
         """Largest t in [0, 1] with ||dW(t)|| <= max_norm (1 when already within)."""
-        if self._norm(update, 1.0) <= self.max_norm:
+        xx, xy, yy = self._norm_coefficients(update)
+
+        def norm(t: float) -> float:
+            return math.sqrt(max(t * t * xx + 2 * t**3 * xy + t**4 * yy, 0.0))
+
+        if norm(1.0) <= self.max_norm:
             return 1.0
         low, high = 0.0, 1.0
         for _ in range(_BISECTION_STEPS):
             mid = (low + high) / 2
-            low, high = (mid, high) if self._norm(update, mid) <= self.max_norm else (low, mid)
+            low, high = (mid, high) if norm(mid) <= self.max_norm else (low, mid)
         return low
 
-    def _norm(self, update: ClientUpdate, t: float) -> float:
+    def _norm_coefficients(self, update: ClientUpdate) -> tuple[float, float, float]:
+        """||dW(t)||^2 = t^2 ||X||^2 + 2 t^3 <X, Y> + t^4 ||Y||^2, summed over tensors.
+
+        Scaling both factor deltas by t gives dW(t) = t X + t^2 Y with X = B dA + dB A = P Q
+        (P = [B | dB], Q = [dA; A]) and Y = dB dA; each term is a trace of small Gram
+        matrices, so one pass over the factors prices every t of the bisection.
+        """
         assert self._base is not None
-        total = 0.0
+        xx = xy = yy = 0.0
         for name, (a, b) in self._base.factors.items():
             delta = update.deltas[name]
-            d_a = np.zeros_like(a) if delta.a is None else delta.a
-            # dW(t) = B (t dA) + dB (t A + t^2 dA) = P Q with P = [B | dB]
+            d_b = delta.b.astype(np.float64)
             left = np.hstack([b, delta.b]).astype(np.float64)
-            right = np.vstack([t * d_a, t * a + t * t * d_a]).astype(np.float64)
-            total += float(np.trace((left.T @ left) @ (right @ right.T)))
-        return math.sqrt(max(total, 0.0))
+            if delta.a is None:  # frozen A: X = dB A, Y = 0
+                xx += float(np.trace((d_b.T @ d_b) @ (a @ a.T).astype(np.float64)))
+                continue
+            d_a = delta.a.astype(np.float64)
+            right = np.vstack([d_a, a]).astype(np.float64)
+            xx += float(np.trace((left.T @ left) @ (right @ right.T)))
+            xy += float(np.trace((d_b.T @ left) @ (right @ d_a.T)))
+            yy += float(np.trace((d_b.T @ d_b) @ (d_a @ d_a.T)))
+        return xx, xy, yy
