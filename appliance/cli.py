@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(commands)
     _add_eval_command(commands)
     _add_fleet_command(commands)
+    _add_report_command(commands)
     return parser
 
 
@@ -119,8 +120,13 @@ def _add_keygen_command(commands: Any) -> None:
 def _add_audit_command(commands: Any) -> None:
     audit = commands.add_parser("audit", help="check the aggregator's audit log")
     sub = audit.add_subparsers(title="audit commands", metavar="COMMAND")
-    verify = sub.add_parser("verify", help="verify the hash chain of an audit log")
+    verify = sub.add_parser("verify", help="verify the signatures and hash chain of an audit log")
     verify.add_argument("file", type=Path, help="audit log (JSON Lines)")
+    anchor = verify.add_mutually_exclusive_group()
+    anchor.add_argument("--key", type=Path, help="the aggregator's public key (.pub)")
+    anchor.add_argument(
+        "--config", type=Path, help="an edge or aggregator config naming the aggregator's key"
+    )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=_audit_verify)
 
@@ -177,13 +183,34 @@ def _aggregator_run(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from appliance.federation.audit import verify
+    from appliance.federation.audit import check
+    from appliance.federation.audit_anchor import anchor_key
 
-    head = verify(args.file)
+    key = anchor_key(args.key, args.config)
+    result = check(args.file, key)
+    head = result.head
     if args.json:
-        _print_json({"ok": True, "lines": head.seq, "head": head.hash})
+        _print_json(
+            {
+                "ok": True,
+                "lines": head.seq,
+                "head": head.hash,
+                "signed": result.signed,
+                "unsigned": result.unsigned,
+                "signatures_checked": result.key_checked,
+            }
+        )
+    elif result.key_checked:
+        legacy = f" ({result.unsigned} older unsigned lines before them)" if result.unsigned else ""
+        print(
+            f"{args.file}: {head.seq} lines, chain intact, {result.signed} signatures valid"
+            f"{legacy}, head {head.hash}"
+        )
     else:
-        print(f"{args.file}: {head.seq} lines, chain intact, head {head.hash}")
+        print(
+            f"{args.file}: {head.seq} lines, chain intact, head {head.hash}; signatures NOT "
+            "checked (give --key or --config)"
+        )
     return 0
 
 
@@ -358,6 +385,60 @@ def _add_fleet_command(commands: Any) -> None:
     status.add_argument("--config", type=Path, required=True, help="the aggregator's config")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=_fleet_status)
+    rollback = sub.add_parser(
+        "rollback", help="roll the fleet (or one box) back to the previous global adapter"
+    )
+    rollback.add_argument("--config", type=Path, required=True, help="the aggregator's config")
+    rollback.add_argument("--box", help="only this box (default: the whole fleet)")
+    rollback.set_defaults(handler=_fleet_request, action="rollback", version=None)
+    pin = sub.add_parser("pin", help="keep a box on one global adapter version")
+    pin.add_argument("--config", type=Path, required=True, help="the aggregator's config")
+    pin.add_argument("--box", required=True, help="the box to pin")
+    pin.add_argument("--version", type=int, required=True, help="global adapter version")
+    pin.set_defaults(handler=_fleet_request, action="pin")
+    unpin = sub.add_parser("unpin", help="let a pinned box follow the fleet again")
+    unpin.add_argument("--config", type=Path, required=True, help="the aggregator's config")
+    unpin.add_argument("--box", required=True, help="the box to unpin")
+    unpin.set_defaults(handler=_fleet_request, action="unpin", version=None)
+
+
+def _fleet_request(args: argparse.Namespace) -> int:
+    from appliance.rollout.operator import queue_request
+
+    command = queue_request(_aggregator_config(args.config), args.action, args.box, args.version)
+    target = args.box or "the whole fleet"
+    print(f"queued #{command.id}: {args.action} for {target}; the aggregator sends it next step")
+    return 0
+
+
+def _aggregator_config(path: Path) -> Any:
+    from appliance.config.loading import load_config
+    from appliance.config.roles import AggregatorConfig
+    from appliance.errors import ConfigError
+
+    config = load_config(path)
+    if not isinstance(config, AggregatorConfig):
+        raise ConfigError(f"{path}: role: this command reads the aggregator's config")
+    return config
+
+
+def _add_report_command(commands: Any) -> None:
+    report = commands.add_parser("report", help="ROI report: HTML charts, CSV, text summary")
+    report.add_argument("--config", type=Path, required=True, help="the aggregator's config")
+    report.add_argument("--out", type=Path, default=Path("appliance-report"), help="directory")
+    report.add_argument("--json", action="store_true", help="print the summary as JSON")
+    report.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from appliance.report.build import build_report
+
+    result = build_report(_aggregator_config(args.config), args.out)
+    if args.json:
+        _print_json(result.summary)
+    else:
+        print(result.text)
+    return 0
 
 
 def _fleet_status(args: argparse.Namespace) -> int:
@@ -378,10 +459,16 @@ def _fleet_status(args: argparse.Namespace) -> int:
         rows = fleet_status(store)
     finally:
         store.close()
+    from appliance.rollout.operator import store_path as rollout_path
+    from appliance.rollout.status import render_rollout, rollout_status
+
+    rollout = rollout_status(rollout_path(config))
     if args.json:
-        _print_json({"boxes": [row.as_json() for row in rows]})
+        _print_json({"boxes": [row.as_json() for row in rows], "rollout": rollout})
     else:
         print(render_table(rows))
+        if lines := render_rollout(rollout):
+            print(lines)
     return 0
 
 

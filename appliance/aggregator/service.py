@@ -12,6 +12,7 @@ import queue
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from appliance.federation.global_adapter import (
     save_global_adapter,
 )
 from appliance.federation.messages import (
+    Command,
     Evaluation,
     GlobalPublished,
     RoundAnnouncement,
@@ -38,6 +40,7 @@ from appliance.identity import TrustStore
 from appliance.identity.own_key import node_key
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.rollout.controller import Actions, Rollout
 from appliance.telemetry.fleet_host import FleetHealthService
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.outbox import Priority
@@ -65,9 +68,10 @@ class AggregatorService:
         self.model_info = read_model_info(model, ModelError)
         self._shapes = tensor_shapes(open_gguf(model, ModelError))
         self.store = RoundStore(self.state_dir / "rounds.sqlite")
-        self.audit = AuditLog(self.state_dir / "audit.jsonl")
         self.key = node_key(config.identity)
+        self.audit = AuditLog(self.state_dir / "audit.jsonl", signer=self.key)
         self.trust = TrustStore(config.identity.trust_dir)
+        self.rollout = Rollout(config.rollout, self.state_dir, self.audit)
         self.current = self._load_or_create_global()
         self._events: queue.Queue[_IncomingUpdate | tuple[Evaluation, str]] = queue.Queue()
         self._inbox = self.state_dir / "updates"
@@ -122,11 +126,13 @@ class AggregatorService:
         self.health.stop()
         self.transport.stop()
         self.store.close()
+        self.rollout.close()
 
     def step(self, now: float | None = None) -> str:
         """Handle what arrived, close or open rounds; returns a status line."""
         now = time.time() if now is None else now
         self._drain_events(now)
+        self._follow_rollout(now)
         changed = self.store.advance(now)
         if changed is not None:
             self._on_round_change(changed)
@@ -164,6 +170,7 @@ class AggregatorService:
             (limit == 0 or done < limit)
             and now >= self._next_round_at
             and bool(self.participants())
+            and self.rollout.waiting() is None
         )
 
     def _open_round(self, now: float) -> None:
@@ -305,6 +312,7 @@ class AggregatorService:
             )
             return
         self.audit.append("evaluation", evaluation.model_dump(mode="json"))
+        self.rollout.take(evaluation, time.time())
 
     # -- closing a round -----------------------------------------------------------------------
 
@@ -325,6 +333,7 @@ class AggregatorService:
         accepted, sizes, rejected = [], {}, {}
         limit = self.config.rounds.max_update_mb * 1024 * 1024
         dense: dict[str, int] = {}
+        privacy: dict[str, object] = {}  # each DP box's own claim: mechanism and epsilon spent
         for stored in self.store.updates(round_.round_id):
             try:
                 header, update = decode_update(stored.blob, self.current, limit)
@@ -335,13 +344,18 @@ class AggregatorService:
             accepted.append(stored.node_id)
             sizes[stored.node_id] = len(stored.blob)
             dense[stored.node_id] = sum(4 * t.shape[0] * t.shape[1] for t in header.tensors)
+            if header.privacy is not None:
+                privacy[stored.node_id] = header.privacy.model_dump(mode="json")
         if not accepted:
             self.audit.append("round_failed", {"round_id": round_.round_id, "rejected": rejected})
             self.store.mark_aggregated(round_.round_id)
             return
         result = strategy.finish()
         new = GlobalAdapter(
-            self.current.version + 1, result.factors, self.current.alpha, self.current.frozen_a
+            self.rollout.next_version(self.current.version),
+            result.factors,
+            self.current.alpha,
+            self.current.frozen_a,
         )
         path = save_global_adapter(
             self._global_path(new.version),
@@ -363,6 +377,7 @@ class AggregatorService:
                 "update_sha256": {u.node_id: u.sha256 for u in self.store.updates(round_.round_id)},
                 "strategy": dict(result.report),
                 "codec": round_.plan["codec"],
+                "privacy": privacy,
                 "global_version": new.version,
                 "global_sha256": digest,
                 "global_bytes": path.stat().st_size,
@@ -374,7 +389,15 @@ class AggregatorService:
         self._publish_global(round_, path, digest, str(result.report.get("strategy")))
 
     def _publish_global(self, round_: Round, path: Path, digest: str, strategy: str) -> None:
-        recipients = list(round_.participants)
+        recipients = list(  # canaries first when staged rollout is on
+            self.rollout.start(
+                self.current.version,
+                round_.round_id,
+                round_.global_version,
+                round_.participants,
+                time.time(),
+            )
+        )
         meta: dict[str, str | int | float | bool] = {
             "round_id": round_.round_id,
             "global_version": self.current.version,
@@ -398,6 +421,27 @@ class AggregatorService:
             len(recipients),
         )
 
+    # -- staged rollout (appliance.rollout decides; this only sends) ----------------------------
+
+    def _follow_rollout(self, now: float) -> None:
+        actions = Actions(self._send_global_to, self._send_command, self.participants)
+        base = self.rollout.step(now, actions)
+        if base is not None and base != self.current.version:
+            self.current = load_global_adapter(self._global_path(base))
+            log.warning("the fleet builds on global adapter v%d again", base)
+
+    def _send_global_to(self, version: int, round_id: str, recipients: Sequence[str]) -> None:
+        meta: dict[str, str | int | float | bool] = {
+            "round_id": round_id,
+            "global_version": version,
+        }
+        self.transport.sender.send_artifact(
+            "global", self._global_path(version), list(recipients), meta=meta
+        )
+
+    def _send_command(self, command: Command) -> None:
+        self.transport.publish("command", command, Priority.HIGH)
+
     # -- global adapter files -----------------------------------------------------------------
 
     def _global_path(self, version: int) -> Path:
@@ -407,6 +451,7 @@ class AggregatorService:
         versions = sorted(
             int(p.stem.removeprefix("global-v")) for p in self.globals_dir.glob("global-v*.gguf")
         )
+        versions = [v for v in versions if v not in self.rollout.blocked()]
         if versions:
             return load_global_adapter(self._global_path(versions[-1]))
         training = self.config.training

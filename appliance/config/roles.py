@@ -11,7 +11,10 @@ from appliance.config.identity import IdentitySettings
 from appliance.config.logs import LoggingSettings
 from appliance.config.model import ModelSettings
 from appliance.config.mqtt import MqttSettings
+from appliance.config.privacy import PrivacySettings
+from appliance.config.rollout import EvaluationSettings, RolloutSettings
 from appliance.config.rounds import RoundSettings
+from appliance.config.serve import ServeSettings
 from appliance.config.storage import PathSettings
 from appliance.config.training import TrainingSettings
 from appliance.config.transfer import OutboxSettings, TransferSettings
@@ -37,10 +40,21 @@ class EdgeConfig(Section):
         default_factory=TransferSettings, description="Chunked artifact transfer."
     )
     paths: PathSettings = Field(default_factory=PathSettings, description="State and spool.")
+    evaluation: EvaluationSettings = Field(
+        default_factory=EvaluationSettings,
+        description="Scoring global adapters on held-out data (NLL and a task metric).",
+    )
     health: EdgeHealthSettings = Field(
         default_factory=EdgeHealthSettings, description="Hardware probes and Sparkplug B."
     )
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings,
+        description="Differential privacy of the updates (clipping, noise, epsilon budget).",
+    )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    serve: ServeSettings = Field(
+        default_factory=ServeSettings, description="Local OpenAI-compatible inference API."
+    )
 
 
 class AggregatorConfig(Section):
@@ -57,6 +71,10 @@ class AggregatorConfig(Section):
     rounds: RoundSettings = Field(default_factory=RoundSettings, description="Federated rounds.")
     fleet: FleetSettings = Field(
         default_factory=FleetSettings, description="Participants, codec and strategy."
+    )
+    rollout: RolloutSettings = Field(
+        default_factory=RolloutSettings,
+        description="Canary boxes first, promotion or automatic rollback.",
     )
     training: TrainingSettings = Field(
         default_factory=TrainingSettings,

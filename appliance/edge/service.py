@@ -14,7 +14,7 @@ from pathlib import Path
 from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
-from appliance.edge.evaluation import nll_of_file, nll_with
+from appliance.edge.evaluation import compare, held_out, nll_of_file
 from appliance.edge.state import EdgeState
 from appliance.edge.training_run import RunOutcome, TrainingRun, write_records
 from appliance.errors import AdapterError, ApplianceError, ModelError
@@ -34,6 +34,8 @@ from appliance.llm.licenses import LicensePolicy
 from appliance.llm.runtime import Adapter, Runtime
 from appliance.llm.texts import chat_template, record_text
 from appliance.llm.training.supervisor import TrainingRequest
+from appliance.privacy.accountant import PrivacyLedgerError
+from appliance.privacy.guard import PrivacyGuard
 from appliance.telemetry.metrics import DaemonState
 from appliance.telemetry.reporter import HealthReporter
 from appliance.transport.node import NodeSettings, TransportNode
@@ -66,6 +68,7 @@ class EdgeService:
         self.state = EdgeState.load(self._state_path)
         self._residual_path = self.state_dir / "residual.npz"
         self.feedback = ErrorFeedback.load(self._residual_path)
+        self.privacy = PrivacyGuard(config.privacy, self.state_dir)
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
         self._waiting: RoundAnnouncement | None = None
@@ -174,6 +177,7 @@ class EdgeService:
             training_gate=self.health.gate().summary(),
             last_round=self.state.done_rounds[-1] if self.state.done_rounds else None,
             outbox_depth=self.transport.outbox.count(),
+            dp_epsilon_spent=self.privacy.epsilon_spent,
         )
 
     def _handle(self, kind: str, payload: object) -> None:
@@ -201,7 +205,11 @@ class EdgeService:
     # -- rounds -------------------------------------------------------------------------------
 
     def _join(self, round_: RoundAnnouncement) -> None:
-        if self.node_id not in round_.participants or round_.round_id in self.state.done_rounds:
+        if (
+            self.node_id not in round_.participants
+            or round_.round_id in self.state.done_rounds
+            or self.privacy.refusal(round_.round_id) is not None  # epsilon budget (logged)
+        ):
             return
         if self.training is not None:
             if self.training.round_id != round_.round_id:
@@ -292,11 +300,19 @@ class EdgeService:
         out = Path(outcome.result.adapter)
         local_nll = nll_of_file(self.runtime, self._heldout_texts(), out)
         base = self._round_base(round_)
-        corrected = self.feedback.corrected(deltas_from(read_adapter(out), base))
+        try:  # DP (when on) noises the raw delta before error feedback sees it
+            deltas, dp = self.privacy.privatize(
+                round_.round_id, deltas_from(read_adapter(out), base)
+            )
+        except PrivacyLedgerError as exc:
+            log.error("%s", exc)
+            self._mark_done(round_.round_id, local_nll)
+            return
+        corrected = self.feedback.corrected(deltas)
         context = RoundContext(
             self.node_id, round_.round_id, round_.base_sha256, round_.global_version
         )
-        encoded = encode_update(corrected, run.records, round_.plan.codec, context)
+        encoded = encode_update(corrected, run.records, round_.plan.codec, context, dp)
         self.feedback.remember(corrected, encoded.sent)
         self.feedback.save(self._residual_path)
         self.transport.sender.send_artifact(
@@ -306,6 +322,8 @@ class EdgeService:
             meta={"round_id": round_.round_id},
         )
         self._mark_done(round_.round_id, local_nll)
+        self.state.train_seconds[round_.round_id] = outcome.result.seconds
+        self.state.save(self._state_path)
         log.info(
             "round %s: update sent, %d bytes (%.1fx smaller than dense fp32); local held-out "
             "NLL %.4f",
@@ -361,12 +379,20 @@ class EdgeService:
         path = self.adapters_dir / f"global-v{version}.gguf"
         incoming.replace(path)
         candidate = self.runtime.load_adapter(path)
-        texts = self._heldout_texts()
-        nll_base, tokens = nll_with(self.runtime, texts, None)
-        nll_global, _ = nll_with(self.runtime, texts, candidate)
+        held = held_out(
+            self.runtime,
+            self.spool.records(heldout=True),
+            self._template,
+            self.config.evaluation,
+        )
+        scores = compare(self.runtime, held, candidate, self.active, self.config.evaluation)
+        nll_base, tokens, nll_global = scores.base.nll, scores.base.tokens, scores.candidate.nll
+        served = self.state.active_version
         pinned = self.state.pinned_version is not None
         newer = self.state.active_version is None or version > self.state.active_version
-        if newer and not pinned:
+        if version == self.state.pinned_version and version != self.state.active_version:
+            self._activate(candidate, version, path)  # the file a pin waited for
+        elif newer and not pinned:
             self._activate(candidate, version, path)
         else:
             self.runtime.free_adapter(candidate)
@@ -380,7 +406,14 @@ class EdgeService:
                 nll_base=nll_base,
                 nll_local=self.state.local_nll.get(round_id),
                 nll_global=nll_global,
-                activated=newer and not pinned,
+                activated=self.state.active_version == version,
+                current_version=served,
+                nll_current=scores.current.nll,
+                task_records=scores.task_records,
+                task_base=scores.base.task,
+                task_current=scores.current.task,
+                task_global=scores.candidate.task,
+                train_seconds=self.state.train_seconds.get(round_id),
             ),
         )
         log.info(
@@ -388,7 +421,7 @@ class EdgeService:
             version,
             nll_global,
             nll_base,
-            "" if newer and not pinned else "; not activated",
+            "" if self.state.active_version == version else "; not activated",
         )
         if self._waiting is not None and self._waiting.global_version == version:
             waiting, self._waiting = self._waiting, None
@@ -408,11 +441,38 @@ class EdgeService:
         self.active = adapter
         self.state.save(self._state_path)
 
+    def _roll_back_to(self, version: int) -> None:
+        """Serve `version` again (0: the base model); a pinned box keeps its pin."""
+        if self.state.pinned_version is not None:
+            pinned = self.state.pinned_version
+            log.warning("rollback to v%d ignored: pinned to v%d", version, pinned)
+            return
+        if (self.state.active_version or 0) == version:
+            return
+        path = self.adapters_dir / f"global-v{version}.gguf"
+        if version > 0 and path.exists():
+            self._activate(self.runtime.load_adapter(path), version, path)
+        elif version == 0:  # version 0 has B = 0: the base model itself
+            self.runtime.set_adapters([])
+            if self.active is not None:
+                self.runtime.free_adapter(self.active)
+            self.state.previous_version, self.state.previous_path = (
+                self.state.active_version,
+                self.state.active_path,
+            )
+            self.active, self.state.active_version, self.state.active_path = None, None, None
+        else:
+            log.error("cannot roll back to global adapter v%d: its file is not here", version)
+            return
+        log.warning("rolled back to global adapter v%d on command", version)
+
     def _obey(self, command: Command) -> None:
         if self.node_id not in command.nodes:
             return
         if command.action == "unpin":
             self.state.pinned_version = None
+        elif command.action == "rollback" and command.global_version is not None:
+            self._roll_back_to(command.global_version)
         elif command.action == "rollback" and self.state.previous_path:
             adapter = self.runtime.load_adapter(Path(self.state.previous_path))
             self._activate(
@@ -421,6 +481,9 @@ class EdgeService:
             log.warning("rolled back to global adapter v%s on command", self.state.active_version)
         elif command.action == "pin" and command.global_version is not None:
             path = self.adapters_dir / f"global-v{command.global_version}.gguf"
-            self._activate(self.runtime.load_adapter(path), command.global_version, path)
             self.state.pinned_version = command.global_version
+            if path.exists():
+                self._activate(self.runtime.load_adapter(path), command.global_version, path)
+            else:
+                log.warning("pinned to global v%d; waiting for its file", command.global_version)
         self.state.save(self._state_path)

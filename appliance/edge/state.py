@@ -21,6 +21,7 @@ class EdgeState:
     pinned_version: int | None = None
     done_rounds: list[str] = field(default_factory=list)
     local_nll: dict[str, float] = field(default_factory=dict)
+    train_seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> "EdgeState":

@@ -76,6 +76,17 @@ class Evaluation(Message):
     nll_local: float | None = None
     nll_global: float
     activated: bool
+    current_version: int | None = Field(
+        default=None, ge=0, description="The adapter served when evaluated (None: the base)."
+    )
+    nll_current: float | None = None
+    task_records: int = Field(default=0, ge=0, description="Records the task metric scored.")
+    task_base: float | None = Field(default=None, ge=0, le=1, description="Exact-match rate.")
+    task_current: float | None = Field(default=None, ge=0, le=1)
+    task_global: float | None = Field(default=None, ge=0, le=1)
+    train_seconds: float | None = Field(
+        default=None, ge=0, description="The box's local training time in this round."
+    )
 
 
 class Command(Message):

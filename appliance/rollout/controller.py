@@ -1,0 +1,212 @@
+"""Drive rollouts from the aggregator's main loop: start, judge, promote or roll back.
+
+The aggregator calls `start` with each new global adapter (it sends the adapter only to the
+boxes returned), `take` with each evaluation, and `step` once per loop: `step` decides a
+candidate whose canaries all reported (or whose wait ran out), carries out the operator's
+queued commands, and returns the version the fleet should build on when that changed (after
+a rejection or a fleet rollback). Every decision is written to the audit log with its reason.
+"""
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.config.rollout import RolloutSettings
+from appliance.federation.audit import AuditLog
+from appliance.federation.messages import Command, Evaluation
+from appliance.rollout.canary import pick_canaries
+from appliance.rollout.gate import judge
+from appliance.rollout.store import STORE_FILE, CommandRow, RolloutRow, RolloutStore, Stage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Actions:
+    """What the controller asks the aggregator to do (the aggregator owns the transport)."""
+
+    send_global: Callable[[int, str, Sequence[str]], None]
+    """Send global adapter `version` (made in round `round_id`) to these boxes."""
+    send_command: Callable[[Command], None]
+    fleet: Callable[[], tuple[str, ...]]
+    """Every box of the plant."""
+
+
+class Rollout:
+    """Staged rollout state and decisions for one aggregator."""
+
+    def __init__(self, settings: RolloutSettings, state_dir: Path, audit: AuditLog) -> None:
+        self.settings = settings
+        self.store = RolloutStore(state_dir / STORE_FILE)
+        self.audit = audit
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def blocked(self) -> set[int]:
+        """Versions rejected on canaries or rolled back: never served, never built on."""
+        return self.store.blocked()
+
+    def next_version(self, current: int) -> int:
+        """The version number of the next global adapter (a rejected number is not reused)."""
+        return max(current, self.store.highest_version()) + 1
+
+    def waiting(self) -> RolloutRow | None:
+        """The candidate whose canaries have not decided yet (no new round meanwhile)."""
+        return self.store.pending()
+
+    def start(
+        self,
+        version: int,
+        round_id: str,
+        base_version: int,
+        participants: Sequence[str],
+        now: float,
+    ) -> tuple[str, ...]:
+        """Record a new candidate; returns the boxes that get it now."""
+        canaries = pick_canaries(participants, self.settings)
+        others = tuple(box for box in participants if box not in canaries)
+        self.store.begin(version, round_id, base_version, canaries, others, now)
+        if not canaries:
+            self.store.decide(version, Stage.PROMOTED, "staged rollout off", now)
+            return tuple(participants)
+        self.audit.append(
+            "rollout_started",
+            {
+                "global_version": version,
+                "round_id": round_id,
+                "base_version": base_version,
+                "canaries": list(canaries),
+                "waiting": list(others),
+            },
+        )
+        log.info("global adapter v%d goes to canaries %s first", version, ", ".join(canaries))
+        return canaries
+
+    def take(self, evaluation: Evaluation, now: float) -> None:
+        """Keep a canary's evaluation of the pending candidate."""
+        pending = self.store.pending()
+        if (
+            pending is not None
+            and evaluation.global_version == pending.version
+            and evaluation.node_id in pending.canaries
+        ):
+            self.store.add_report(evaluation, now)
+
+    def step(self, now: float, actions: Actions) -> int | None:
+        """Decide what is due; returns the version to build on when it changed."""
+        revert = self._judge_pending(now, actions)
+        for command in self.store.unsent_commands():
+            revert = self._carry_out(command, now, actions) or revert
+        return revert
+
+    # -- canary decisions ---------------------------------------------------------------------
+
+    def _judge_pending(self, now: float, actions: Actions) -> int | None:
+        pending = self.store.pending()
+        if pending is None:
+            return None
+        reports = self.store.reports(pending.version)
+        timed_out = now >= pending.started_at + self.settings.canary_timeout_s
+        verdict = judge(
+            pending.version, pending.canaries, reports, self.settings, timed_out=timed_out
+        )
+        if verdict is None:
+            return None
+        numbers = {
+            box: {
+                "nll_base": r.nll_base,
+                "nll_current": r.nll_current,
+                "nll_candidate": r.nll_global,
+                "current_version": r.current_version,
+                "task_base": r.task_base,
+                "task_current": r.task_current,
+                "task_candidate": r.task_global,
+                "task_records": r.task_records,
+            }
+            for box, r in sorted(reports.items())
+        }
+        record = {
+            "global_version": pending.version,
+            "round_id": pending.round_id,
+            "canaries": list(pending.canaries),
+            "reports": numbers,
+            "reason": verdict.reason,
+        }
+        if verdict.promote:
+            self.store.decide(pending.version, Stage.PROMOTED, verdict.reason, now)
+            self.audit.append("rollout_promoted", {**record, "recipients": list(pending.others)})
+            if pending.others:
+                actions.send_global(pending.version, pending.round_id, pending.others)
+            log.info("global adapter v%d promoted: %s", pending.version, verdict.reason)
+            return None
+        self.store.decide(pending.version, Stage.REJECTED, verdict.reason, now)
+        self.audit.append(
+            "rollout_rejected",
+            {
+                **record,
+                "regressions": list(verdict.regressions),
+                "rolled_back_to": pending.base_version,
+                "never_sent_to": list(pending.others),
+            },
+        )
+        actions.send_command(
+            Command(action="rollback", nodes=pending.canaries, global_version=pending.base_version)
+        )
+        log.warning(
+            "global adapter v%d rejected, canaries roll back to v%d: %s",
+            pending.version,
+            pending.base_version,
+            verdict.reason,
+        )
+        return pending.base_version
+
+    # -- operator commands --------------------------------------------------------------------
+
+    def _carry_out(self, command: CommandRow, now: float, actions: Actions) -> int | None:
+        revert = None
+        if command.action == "rollback" and not command.nodes:
+            outcome, revert = self._fleet_rollback(now, actions)
+        elif command.action == "rollback":
+            actions.send_command(Command(action="rollback", nodes=command.nodes))
+            outcome = f"{', '.join(command.nodes)} told to go back to their previous adapter"
+        elif command.action == "pin" and command.version is not None:
+            box = command.nodes[0]
+            self.store.pin(box, command.version, now)
+            actions.send_command(
+                Command(action="pin", nodes=command.nodes, global_version=command.version)
+            )
+            made_in = self.store.get(command.version)
+            actions.send_global(command.version, made_in.round_id if made_in else "pin", [box])
+            outcome = f"{box} pinned to v{command.version}"
+        else:
+            for box in command.nodes:
+                self.store.unpin(box)
+            actions.send_command(Command(action="unpin", nodes=command.nodes))
+            outcome = f"{', '.join(command.nodes)} unpinned"
+        self.store.command_sent(command.id, outcome, now)
+        self.audit.append(
+            "operator_command",
+            {
+                "command_id": command.id,
+                "action": command.action,
+                "nodes": list(command.nodes) or "fleet",
+                "global_version": command.version,
+                "outcome": outcome,
+            },
+        )
+        log.warning("operator command %d (%s): %s", command.id, command.action, outcome)
+        return revert
+
+    def _fleet_rollback(self, now: float, actions: Actions) -> tuple[str, int | None]:
+        current = self.store.pending() or self.store.latest_promoted()
+        if current is None:
+            return "nothing to roll back: no global adapter was rolled out yet", None
+        target = self.store.promoted_before(current.version)
+        self.store.decide(current.version, Stage.ROLLED_BACK, "operator rolled the fleet back", now)
+        fleet = actions.fleet()
+        if fleet:
+            actions.send_command(Command(action="rollback", nodes=fleet, global_version=target))
+        return f"fleet rolled back from v{current.version} to v{target}", target
