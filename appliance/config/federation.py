@@ -5,6 +5,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from appliance.config.base import Section, TopicSafeId
+from appliance.config.secure_aggregation import SecureAggregationSettings, participant_bound
 
 
 class EdgeFederationSettings(Section):
@@ -87,9 +88,39 @@ class FleetSettings(Section):
     strategy: StrategySettings = Field(
         default_factory=StrategySettings, description="Aggregation strategy."
     )
+    secure_aggregation: SecureAggregationSettings = Field(
+        default_factory=SecureAggregationSettings,
+        description="Pairwise-masked updates (off by default).",
+    )
 
     @model_validator(mode="after")
     def _unique_participants(self) -> Self:
         if len(set(self.participants)) != len(self.participants):
             raise ValueError(f"participants lists a box twice (got {self.participants})")
         return self
+
+    @model_validator(mode="after")
+    def _secure_aggregation_fits(self) -> Self:
+        secure = self.secure_aggregation
+        if not secure.enabled:
+            return self
+        if self.codec.top_k_fraction < 1 or self.codec.values != "int8":
+            raise ValueError(
+                "secure_aggregation needs dense int8 updates (codec.values = \"int8\", "
+                "codec.top_k_fraction = 1.0): masked vectors are dense"
+            )
+        if self.strategy.name != "fedavg" or self.strategy.norm_bound is not None:
+            raise ValueError(
+                "secure_aggregation works with strategy.name = \"fedavg\" and no norm_bound: "
+                "the aggregator never sees one box's update"
+            )
+        limit = participant_bound(secure.max_weight)
+        if len(self.participants) > limit:
+            raise ValueError(
+                f"secure_aggregation allows at most {limit} participants with max_weight "
+                f"{secure.max_weight} ({len(self.participants)} listed)"
+            )
+        raise ValueError(
+            "secure_aggregation.enabled is not wired into the daemons yet (the protocol is in "
+            "appliance.privacy.secagg; see docs/privacy.md)"
+        )
