@@ -1,11 +1,21 @@
-"""The aggregator's audit log: one hash-chained JSON line per event, append-only.
+"""The aggregator's audit log: one hash-chained, signed JSON line per event, append-only.
 
 Each line holds its sequence number, the hash of the previous line and its own hash over its
 canonical JSON, so editing, removing or reordering any line breaks the chain at that line.
-Removing lines from the end cannot be seen from the file alone: `verify` prints the head
-hash, which the aggregator also publishes (and, with signed lines, signs).
+The aggregator signs each line's hash with its Ed25519 identity key (`signer` names it and is
+inside the hash; `sig` is the only field outside it), so whoever holds the aggregator's public
+key can tell the log apart from one rewritten wholesale with recomputed hashes.
+
+Older logs, written before lines were signed, still verify: without a key `verify` checks the
+chain only (and says so); with a key, unsigned lines are accepted only as a prefix followed by
+at least one signed line, because a signature covers `prev` and so anchors every line before
+it. An unsigned line after a signed one, or a log with no signed line at all, fails with a
+key. Removing lines from the end cannot be seen from the file alone: `verify` prints the head
+hash, which the aggregator also publishes.
 """
 
+import base64
+import binascii
 import hashlib
 import json
 import os
@@ -14,7 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from appliance.errors import ApplianceError
+from appliance.identity import NodeKey
 
 GENESIS = "0" * 64
 
@@ -29,8 +43,8 @@ def canonical(record: dict[str, Any]) -> bytes:
 
 
 def line_hash(record: dict[str, Any]) -> str:
-    """sha256 of a record without its own `hash` field."""
-    body = {k: v for k, v in record.items() if k != "hash"}
+    """sha256 of a record without its own `hash` and `sig` fields."""
+    body = {k: v for k, v in record.items() if k not in ("hash", "sig")}
     return hashlib.sha256(canonical(body)).hexdigest()
 
 
@@ -43,10 +57,12 @@ class ChainHead:
 
 
 class AuditLog:
-    """Appends events to a hash-chained JSON Lines file (fsync'd per line)."""
+    """Appends events to a hash-chained JSON Lines file (fsync'd per line), each line signed
+    with `signer`'s key when one is given (the aggregator always gives its own)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, signer: NodeKey | None = None) -> None:
         self.path = path
+        self.signer = signer
         self.head = self._recover()
 
     def _recover(self) -> ChainHead:
@@ -73,7 +89,11 @@ class AuditLog:
             "data": data,
             "prev": self.head.hash,
         }
+        if self.signer is not None:
+            record["signer"] = self.signer.node_id
         record["hash"] = line_hash(record)
+        if self.signer is not None:
+            record["sig"] = base64.b64encode(self.signer.sign(record["hash"].encode())).decode()
         line = canonical(record) + b"\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -86,8 +106,23 @@ class AuditLog:
         return self.head
 
 
-def verify(path: Path) -> ChainHead:
+@dataclass(frozen=True)
+class Verified:
+    """A log that passed: its head, and how many lines were signed (and checked)."""
+
+    head: ChainHead
+    signed: int
+    unsigned: int
+    key_checked: bool
+
+
+def verify(path: Path, key: Ed25519PublicKey | None = None) -> ChainHead:
     """Check every line of an audit log; raise `AuditError` at the first bad one."""
+    return check(path, key).head
+
+
+def check(path: Path, key: Ed25519PublicKey | None = None) -> Verified:
+    """Chain (and, with `key`, signatures) of every line; `AuditError` at the first bad one."""
     try:
         lines = path.read_bytes().split(b"\n")
     except OSError as exc:
@@ -96,26 +131,65 @@ def verify(path: Path) -> ChainHead:
         lines.pop()
     else:
         raise AuditError(f"{path}:{len(lines)}: last line is incomplete (no newline)")
-    head = ChainHead(0, GENESIS)
+    head, signed, unsigned = ChainHead(0, GENESIS), 0, 0
     for number, raw in enumerate(lines, start=1):
-        head = _check_line(path, number, raw, head)
-    return head
+        head, record = _check_line(path, number, raw, head)
+        where = f"{path}:{number}"
+        if "sig" in record or "signer" in record:
+            if key is not None:
+                _check_signature(where, record, key)
+            signed += 1
+        elif key is not None and signed:
+            raise AuditError(
+                f"{where}: line is not signed, after signed lines (inserted, or its "
+                "signature was stripped)"
+            )
+        else:
+            unsigned += 1
+    if key is not None and lines and not signed:
+        raise AuditError(
+            f"{path}: no line is signed, so nothing ties this log to the aggregator's key "
+            "(a log from before signing verifies without --key, chain only)"
+        )
+    return Verified(head, signed, unsigned, key is not None)
 
 
-def _check_line(path: Path, number: int, raw: bytes, head: ChainHead) -> ChainHead:
+def _check_signature(where: str, record: dict[str, Any], key: Ed25519PublicKey) -> None:
+    sig, signer = record.get("sig"), record.get("signer")
+    if not isinstance(sig, str) or not isinstance(signer, str):
+        raise AuditError(f"{where}: signer or signature missing or not a string")
+    try:
+        raw = base64.b64decode(sig, validate=True)
+    except (binascii.Error, ValueError):
+        raise AuditError(f"{where}: signature is not base64") from None
+    try:
+        key.verify(raw, str(record["hash"]).encode())
+    except InvalidSignature:
+        raise AuditError(
+            f"{where}: signature does not match the aggregator's key (signer {signer!r:.70})"
+        ) from None
+
+
+def _check_line(
+    path: Path, number: int, raw: bytes, head: ChainHead
+) -> tuple[ChainHead, dict[str, Any]]:
     where = f"{path}:{number}"
     try:
         record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise AuditError(f"{where}: not valid JSON") from None
     if not isinstance(record, dict) or not {"seq", "prev", "hash", "kind", "data"} <= set(record):
         raise AuditError(f"{where}: not an audit record")
-    if record["hash"] != line_hash(record):
+    try:
+        expected = line_hash(record)
+    except ValueError:  # NaN or Infinity smuggled into a line
+        raise AuditError(f"{where}: not canonical JSON (NaN or infinite number)") from None
+    if record["hash"] != expected:
         raise AuditError(f"{where}: line was edited (its hash does not match its content)")
-    if record["seq"] != head.seq + 1:
+    if record["seq"] != head.seq + 1 or isinstance(record["seq"], bool):
         raise AuditError(
-            f"{where}: sequence {record['seq']} follows {head.seq} (line removed or moved)"
+            f"{where}: sequence {record['seq']!r:.30} follows {head.seq} (line removed or moved)"
         )
     if record["prev"] != head.hash:
         raise AuditError(f"{where}: does not chain to the previous line (line removed or moved)")
-    return ChainHead(record["seq"], record["hash"])
+    return ChainHead(record["seq"], record["hash"]), record

@@ -37,6 +37,7 @@ EDAC_UNCORRECTABLE = "Uncorrectable"
 PROBE_OK = "OK"
 TRAINING_STATE = "Appliance/Training State"
 TRAINING_GATE = "Appliance/Training Gate"
+DP_EPSILON_SPENT = "Appliance/DP Epsilon Spent"
 ADAPTER_VERSION = "Appliance/Adapter Version"
 
 D = DataType.DOUBLE
@@ -55,6 +56,8 @@ class DaemonState:
     last_round: str | None = None
     outbox_depth: int | None = None
     inference_latency_ms: float | None = None
+    dp_epsilon_spent: float | None = None
+    """Differential privacy spent by the box's updates so far (None: DP off)."""
 
 
 def daemon_metrics(state: DaemonState) -> MetricValues:
@@ -67,6 +70,7 @@ def daemon_metrics(state: DaemonState) -> MetricValues:
         "Appliance/Last Round": (S, state.last_round),
         "Appliance/Outbox Depth": (U64, state.outbox_depth),
         "Appliance/Inference Latency ms": (D, state.inference_latency_ms),
+        DP_EPSILON_SPENT: (D, state.dp_epsilon_spent),
     }
 
 

@@ -114,7 +114,14 @@ def test_audit_verify_command(tmp_path: Path) -> None:
     log = make_log(tmp_path / "audit.jsonl")
     ok = run_verify(log.path, "--json")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) == {"ok": True, "lines": 5, "head": log.head.hash}
+    assert json.loads(ok.stdout) == {
+        "ok": True,
+        "lines": 5,
+        "head": log.head.hash,
+        "signed": 0,
+        "unsigned": 5,
+        "signatures_checked": False,
+    }
     content = lines(log.path)
     content[3] = content[3].replace('"a"', '"z"')
     log.path.write_text("".join(content))

@@ -25,6 +25,7 @@ from appliance.federation.codec.compression import (
 )
 from appliance.federation.codec.quantize import int8_decode, int8_encode, top_k_indices
 from appliance.federation.updates import ClientUpdate, Delta, GlobalAdapter
+from appliance.privacy.report import DpReport
 
 MAGIC = b"APUP"
 FORMAT_VERSION = 1
@@ -74,6 +75,9 @@ class UpdateHeader(_Strict):
     tensors: list[TensorEntry] = Field(min_length=1, max_length=100_000)
     body_bytes: int = Field(ge=0)
     body_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    privacy: DpReport | None = Field(
+        default=None, description="The box's DP mechanism and epsilon (None: DP off)."
+    )
 
     @model_validator(mode="after")
     def _body_adds_up(self) -> Self:
@@ -107,9 +111,13 @@ class RoundContext:
 
 
 def encode_update(
-    deltas: dict[str, Delta], sample_count: int, spec: CodecSpec, context: RoundContext
+    deltas: dict[str, Delta],
+    sample_count: int,
+    spec: CodecSpec,
+    context: RoundContext,
+    privacy: DpReport | None = None,
 ) -> EncodedUpdate:
-    """Encode deltas (only B where A is frozen) into a blob."""
+    """Encode deltas (only B where A is frozen) into a blob; `privacy` goes in the header."""
     frozen = all(d.a is None for d in deltas.values())
     entries, segments, sent, dense = [], [], {}, 0
     for name, delta in deltas.items():
@@ -139,8 +147,11 @@ def encode_update(
         tensors=entries,
         body_bytes=len(body),
         body_sha256=hashlib.sha256(body).hexdigest(),
+        privacy=privacy,
     )
-    header_bytes = header.model_dump_json().encode()
+    # without DP the header stays byte-identical to the one before the field existed
+    text = header.model_dump_json(exclude={"privacy"} if privacy is None else None)
+    header_bytes = text.encode()
     blob = _PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes
     return EncodedUpdate(blob + compress(body, spec.compression), sent, dense)
 
@@ -203,6 +214,8 @@ def decode_update(
         "round_id": header.round_id,
         "global_version": header.global_version,
     }
+    if header.privacy is not None:
+        meta["dp_epsilon"] = header.privacy.epsilon
     return header, ClientUpdate(header.node_id, header.sample_count, deltas, meta)
 
 

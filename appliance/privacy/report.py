@@ -1,0 +1,23 @@
+"""What a box tells the aggregator about the privacy of one update (in the update header).
+
+The aggregator cannot check these numbers (the noise is indistinguishable from signal); it
+records them in the audit log per participant, so the plant can see which boxes released
+what at which cumulative epsilon.
+"""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DpReport(BaseModel):
+    """The mechanism a box applied to this update and its cumulative epsilon after it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+    mechanism: Literal["gaussian-local"] = "gaussian-local"
+    clip_norm: float = Field(gt=0, le=1e6)
+    noise_multiplier: float = Field(gt=0, le=1e3)
+    delta: float = Field(gt=0, lt=1)
+    epsilon: float = Field(ge=0, le=1e6, description="Spent by this box including this update.")
+    releases: int = Field(ge=1, description="Updates this box has released under DP so far.")
