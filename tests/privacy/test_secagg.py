@@ -315,6 +315,13 @@ def test_a_box_reveals_nothing_for_a_sum_of_one_or_a_foreign_commit(tmp_path: Pa
     with pytest.raises(SecAggError) as err:
         r.boxes["box2"].reveal(not_sent, AGG)
     assert err.value.reason == "not_reporting"
+    # box3, committed as dropped, will not mask an update any more: it would be readable
+    with pytest.raises(SecAggError) as err:
+        r.boxes["box3"].reveal(not_sent, AGG)
+    assert err.value.reason == "not_reporting"
+    with pytest.raises(SecAggError) as err:
+        r.boxes["box3"].mask(r.encoded["box3"], r.w.layout)
+    assert err.value.reason == "late"
 
 
 def test_a_box_masks_only_once_per_round(tmp_path: Path) -> None:

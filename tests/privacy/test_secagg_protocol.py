@@ -104,7 +104,7 @@ def test_a_round_with_a_dropout_over_the_broker(fleet: Fleet) -> None:
     }
     for name, session in fleet.boxes.items():
         session.join(participants[name])
-    assert agg.wait(lambda c: len(c._keys) == 4, WAIT_S), "all four mask keys"
+    assert agg.wait(lambda c: len(c.keys_received) == 4, WAIT_S), "all four mask keys"
     keyset = agg.publish_keys()
     for session in fleet.boxes.values():
         assert session.keys_ready.wait(WAIT_S)
@@ -118,7 +118,7 @@ def test_a_round_with_a_dropout_over_the_broker(fleet: Fleet) -> None:
     sent = {
         name: fleet.boxes[name].send(encoded[name], w.layout) for name in ("box1", "box2", "box4")
     }
-    assert agg.wait(lambda c: len(c._masked) == 3, WAIT_S), "three masked updates"
+    assert agg.wait(lambda c: len(c.reported) == 3, WAIT_S), "three masked updates"
 
     commit = agg.publish_commit()
     assert commit.reporting == ("box1", "box2", "box4") and commit.dropped == ("box3",)
@@ -169,7 +169,7 @@ def test_forged_secure_aggregation_messages_are_refused_over_the_broker(fleet: F
     box1.publish(KEY, genuine)
     box2 = fleet.boxes["box2"].transport
     box2.publish(KEY, MaskKey.create(box2.key, ROUND, b"\x04" * 32))
-    assert agg.wait(lambda c: {"box1", "box2"} <= set(c._keys), WAIT_S)
+    assert agg.wait(lambda c: {"box1", "box2"} <= set(c.keys_received), WAIT_S)
     agg.publish_keys()
     box1.sender.send_artifact(MASKED_UPDATE, b"APSM\x01", [AGG], meta={"round_id": ROUND})
     wait_for(lambda: fleet.rejected(fleet.agg_node, "truncated") == 1, "truncated update")

@@ -79,6 +79,16 @@ class Collector:
             raise ValueError(f"{len(self.participants)} participants > {MAX_KEYS} per key set")
         self.fixed_point.check_participants(len(self.participants))
 
+    @property
+    def keys_received(self) -> tuple[str, ...]:
+        """Boxes whose mask key was accepted."""
+        return tuple(sorted(self._keys))
+
+    @property
+    def reported(self) -> tuple[str, ...]:
+        """Boxes whose masked update was accepted."""
+        return tuple(sorted(self._masked))
+
     # -- keys ---------------------------------------------------------------------------------
 
     def add_key(self, key: MaskKey, signer: str) -> None:

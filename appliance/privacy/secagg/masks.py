@@ -70,7 +70,8 @@ def apply_mask(vector: np.ndarray, seed: bytes, sign: int) -> np.ndarray:
     """vector + sign * PRG(seed) modulo 2^32 (uint32 arithmetic wraps)."""
     mask = expand(seed, vector.size)
     with np.errstate(over="ignore"):
-        return (vector + mask if sign > 0 else vector - mask).astype(np.uint32)
+        out: np.ndarray = (vector + mask if sign > 0 else vector - mask).astype(np.uint32)
+    return out
 
 
 def digest(text: str) -> str:

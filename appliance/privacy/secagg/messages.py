@@ -23,12 +23,13 @@ import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
 from appliance.config.base import TopicSafeId
-from appliance.federation.messages import ROUND_ID, SHA256, Message
+from appliance.federation.messages import ROUND_ID, SHA256
 from appliance.identity import NodeKey, TrustStore
 from appliance.identity.trust import BadSignatureError, UnknownSignerError
 from appliance.privacy.secagg.encoding import Layout, layout_size
 from appliance.privacy.secagg.errors import SecAggError
 from appliance.privacy.secagg.masks import PUBLIC_KEY_BYTES, SEED_BYTES, digest
+from appliance.transport.wire import WireModel as Message
 
 KEY_B64 = r"^[A-Za-z0-9+/]{43}=$"
 """Base64 of 32 bytes (X25519 public keys, seeds)."""

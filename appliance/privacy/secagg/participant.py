@@ -10,7 +10,9 @@ trusted to the aggregator:
 - it reveals seeds only for peers the signed commit lists as dropped, never for a reporting
   peer, only once per round, and only for the first commit it sees (a second, different
   commit could declare a reporting peer dropped to unmask it);
-- it reveals nothing when fewer than `min_reporting` boxes reported (a sum of one is that box).
+- it reveals nothing when fewer than `min_reporting` boxes reported (a sum of one is that box);
+- once a commit lists it as dropped it masks nothing more in the round (its peers reveal
+  their seeds with it, so a masked update would be readable).
 """
 
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ class Participant:
     keyset: KeySet | None = field(default=None, init=False)
     _seeds: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)
     _masked: bool = field(default=False, init=False)
+    _dropped: bool = field(default=False, init=False)
     _commit_sha256: str | None = field(default=None, init=False)
 
     @property
@@ -92,6 +95,8 @@ class Participant:
         keyset = self._require_keyset()
         if self._masked:
             raise SecAggError("already_masked", "a box masks one update per round")
+        if self._dropped:
+            raise SecAggError("late", "the round was committed without this box")
         if encoded.values.dtype != np.uint32 or encoded.values.size != layout_size(layout):
             raise SecAggError("wrong_length", "encoded vector does not match the layout")
         masked = encoded.values.copy()
@@ -125,6 +130,7 @@ class Participant:
         ) != len(members):
             raise SecAggError("wrong_members", "reporting and dropped do not partition the key set")
         if self.node_id not in commit.reporting:
+            self._dropped = True  # never send an update now: the peers reveal their seeds
             raise SecAggError("not_reporting", f"{self.node_id} is not in the reporting set")
         if not self._masked:
             raise SecAggError("not_reporting", f"{self.node_id} sent no masked update")

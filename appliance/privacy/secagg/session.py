@@ -14,6 +14,7 @@ transport's worker thread; each refusal is logged and counted like any transport
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeVar
 
 from appliance.privacy.secagg.collector import Collector, UnmaskedSum
 from appliance.privacy.secagg.encoding import Encoded, Layout
@@ -25,6 +26,7 @@ from appliance.transport.receiver import ReceivedArtifact
 from appliance.transport.rejects import RejectedError, record_rejection
 
 log = logging.getLogger(__name__)
+M = TypeVar("M")
 
 KEY = "secagg_key"
 KEYS = "secagg_keys"
@@ -138,7 +140,10 @@ class AggregatorSession:
     def on_artifact(self, artifact: ReceivedArtifact) -> None:
         sender = artifact.manifest.sender
         blob = artifact.path.read_bytes()
-        self._guard(MASKED_UPDATE, lambda _m, s: self._current().add_masked(blob, s))(None, sender)
+        self._guard(MASKED_UPDATE, self._add_masked)(blob, sender)
+
+    def _add_masked(self, blob: bytes, signer: str) -> None:
+        self._current().add_masked(blob, signer)
 
     def _add_key(self, key: MaskKey, signer: str) -> None:
         self._current().add_key(key, signer)
@@ -146,8 +151,8 @@ class AggregatorSession:
     def _add_reveal(self, reveal: SeedReveal, signer: str) -> None:
         self._current().add_reveal(reveal, signer)
 
-    def _guard(self, kind: str, handler: Callable[[object, str], None]) -> Callable[..., None]:
-        def run(message: object, signer: str) -> None:
+    def _guard(self, kind: str, handler: Callable[[M, str], None]) -> Callable[[M, str], None]:
+        def run(message: M, signer: str) -> None:
             with self.changed:
                 try:
                     handler(message, signer)
