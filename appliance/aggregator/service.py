@@ -41,6 +41,8 @@ from appliance.identity.own_key import node_key
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
 from appliance.rollout.controller import Actions, Rollout
+from appliance.system.journal import set_fields
+from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.fleet_host import FleetHealthService
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.outbox import Priority
@@ -122,7 +124,8 @@ class AggregatorService:
         self.health.start()
 
     def stop(self) -> None:
-        """Disconnect and close stores."""
+        """Flush the outbox, disconnect and close stores."""
+        flush_outbox(self.transport)
         self.health.stop()
         self.transport.stop()
         self.store.close()
@@ -189,6 +192,7 @@ class AggregatorService:
             min(rules.min_updates_at_deadline, len(participants)),
             rules.deadline_s,
         )
+        set_fields(ROUND=round_id)  # journal field: the round opened last
         self._announce(self.store.open_round(spec, now), Priority.NORMAL)
         self.audit.append(
             "round_opened",

@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 
 from appliance.config import AggregatorConfig, EdgeConfig, load_config
 from appliance.errors import ConfigError
+from appliance.system.journal import set_fields
 from appliance.system.life import DaemonLife
 from appliance.system.logs import setup_logging
 
@@ -38,6 +39,7 @@ def run_daemon(
     """Run `make(config)` until SIGTERM; exit status 0 after a clean stop."""
     config = load_role(config_path, role)
     setup_logging(config.logging.level, config.logging.llama_level)
+    set_identity_fields(config)
     life = DaemonLife()
     life.install_signal_handlers()
     life.loading(loading, expected_s=120)
@@ -50,12 +52,24 @@ def run_daemon(
             if fresh is not config:
                 config = service.config = fresh
                 setup_logging(config.logging.level, config.logging.llama_level)
+                set_identity_fields(config)
             life.tick(service.step())
             time.sleep(STEP_S)
     finally:
         life.stopping_now("stopping: finishing the current step, state is on disk")
         service.stop()
     return 0
+
+
+def set_identity_fields(config: EdgeConfig | AggregatorConfig) -> None:
+    """Journal fields of every line: `journalctl BOX_ID=box-07`, `PLANT_ID=`, `ROLE=`."""
+    node = config.identity.node_id
+    set_fields(
+        NODE_ID=node,
+        PLANT_ID=config.identity.plant_id,
+        ROLE=config.role,
+        BOX_ID=node if config.role == "edge" else None,
+    )
 
 
 def load_role(path: Path, role: type[C]) -> C:
