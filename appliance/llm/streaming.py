@@ -12,6 +12,7 @@ Stop strings are enforced on the decoded text (the first one found ends the gene
 
 import ctypes
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class Finish:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    first_token_at: float | None = None  # time.monotonic() when the first token was sampled
 
 
 class StreamingRuntime(Runtime):
@@ -119,6 +121,7 @@ class StreamingRuntime(Runtime):
         llm.set_seed(sampling.seed)
         completion = list(lead)
         sent, reason, stopped_at = "", "length", None
+        first_token_at: float | None = None
         for token in llm.generate(
             prompt,
             top_k=TOP_K,
@@ -128,6 +131,8 @@ class StreamingRuntime(Runtime):
             temp=sampling.temperature,
             repeat_penalty=REPEAT_PENALTY,
         ):
+            if first_token_at is None:
+                first_token_at = time.monotonic()
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"
                 break
@@ -155,7 +160,7 @@ class StreamingRuntime(Runtime):
                 text, reason = text[:cut], "stop"
         if len(text) > len(sent) and text.startswith(sent):
             emit(text[len(sent) :])
-        return Finish(reason, text, len(prompt), len(completion) - len(lead))
+        return Finish(reason, text, len(prompt), len(completion) - len(lead), first_token_at)
 
     # -- chat -------------------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The edge service's hook: one object it starts, stops and tells about adapters.
 
 Kept apart so the edge service needs only a few lines: `EdgeServing(config, lambda:
-self.training)` in its constructor, `start()`/`stop()` with its own, `use_adapter(version,
-path)` wherever it activates a global adapter, and `pauses.vote("health", reason or None)`
-from its health gate (the API votes "inference" itself), so training resumes only when
-neither the gate nor the API wants it paused.
+self.training)` in its constructor, `start()`/`stop()` with its own, `follow(version, path)`
+after each step (the adapter it serves: a swap reaches the API within the step that made
+it), and `gate(reason or None)` from its health gate (the API votes "inference" itself), so
+training resumes only when neither the gate nor the API wants it paused.
 """
 
 import logging
@@ -41,10 +41,11 @@ class EdgeServing:
         if self.server is not None:
             self.server.stop()
 
-    def use_adapter(self, version: int | None, path: Path | None) -> None:
-        """The global adapter the box now serves (None: the base model)."""
+    def follow(self, version: int | None, path: str | Path | None) -> None:
+        """The global adapter the box now serves (None: the base model); called after every
+        step, so activation, rollback, pin and restore all reach the API by one road."""
         if self.server is not None:
-            self.server.use_adapter(version, path)
+            self.server.use_adapter(version, None if path is None else Path(path))
 
     def gate(self, reason: str | None) -> None:
         """The health gate's verdict: a reason to pause training, or None to allow it."""

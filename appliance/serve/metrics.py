@@ -50,7 +50,7 @@ class ServeMetrics:
         )
         self.first_token = Histogram(
             "appliance_inference_time_to_first_token_seconds",
-            "Time from a request's arrival (queueing included) to its first generated text.",
+            "Time from a request's arrival (queueing included) to its first sampled token.",
             LATENCY_BUCKETS,
         )
         self.queue_wait = Histogram(

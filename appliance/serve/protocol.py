@@ -1,9 +1,10 @@
 """OpenAI request bodies, checked strictly, and the response and stream-chunk shapes.
 
-Requests are parsed from JSON that refuses `NaN` and `Infinity` (Python's json accepts them),
-then validated by pydantic in strict mode: `"temperature": "0.5"` is an error, not a silent
-conversion, and a parameter this API does not implement is refused by name rather than
-ignored, so a client never believes it got behaviour it did not get.
+Requests are parsed as JSON (Python's reader lets `NaN` and `Infinity` through; validation
+refuses them as non-finite, naming the parameter), then validated by pydantic in strict
+mode: `"temperature": "0.5"` is an error, not a silent conversion, and a parameter this API
+does not implement is refused by name rather than ignored, so a client never believes it got
+behaviour it did not get.
 """
 
 import json
@@ -158,7 +159,8 @@ def validate(model: type[BodyT], body: dict[str, Any]) -> BodyT:
 
 
 def _no_constants(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
+    """NaN and ±Infinity are not JSON; read them so validation can name the parameter."""
+    return float(name)
 
 
 def _kind(value: object) -> str:

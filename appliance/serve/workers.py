@@ -114,8 +114,9 @@ class Pool:
 
     def use(self, target: AdapterTarget) -> None:
         """Serve `target` from the next request each context takes."""
-        self._target = target
-        log.info("inference API: next requests use adapter %s", target.label)
+        if target != self._target:
+            self._target = target
+            log.info("inference API: next requests use adapter %s", target.label)
 
     def depth(self) -> tuple[int, int]:
         """(waiting, running) requests."""
@@ -198,26 +199,22 @@ class Pool:
         self._switch(context)
         job.send("start", context.target.label)
         started = time.monotonic()
-        first: list[float] = []
-
-        def emit(text: str) -> None:
-            if not first:
-                first.append(time.monotonic())
-            job.send("text", text)
-
         try:
             finish: Finish = runtime.stream(
-                prompt, job.request.sampling(max_tokens), emit, job.cancelled.is_set
+                prompt,
+                job.request.sampling(max_tokens),
+                lambda text: job.send("text", text),
+                job.cancelled.is_set,
             )
         except PromptError as exc:
             raise bad_request(str(exc), code="context_length_exceeded") from None
-        end = time.monotonic()
+        end, first = time.monotonic(), finish.first_token_at
         self._metrics.generation(
             wait_s=started - job.arrived,
-            first_token_s=first[0] - job.arrived if first else None,
+            first_token_s=None if first is None else first - job.arrived,
             total_s=end - job.arrived,
             tokens=(finish.prompt_tokens, finish.completion_tokens),
-            decode_s=end - first[0] if first else 0.0,
+            decode_s=0.0 if first is None else end - first,
         )
         job.send("done", finish)
 
