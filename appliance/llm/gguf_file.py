@@ -76,11 +76,15 @@ def _check_tensor_extent(path: Path, reader: gguf.GGUFReader, error: type[Applia
 
 
 def field_value(reader: gguf.GGUFReader, key: str) -> Any:
-    """A metadata value (str, number, or list), or None when the key is absent."""
+    """A metadata value (str, number, or list), or None when the key is absent or its text
+    is not UTF-8 (a damaged file: callers then refuse it as missing the key)."""
     field = reader.fields.get(key)
     if field is None:
         return None
-    value = field.contents()
+    try:
+        value = field.contents()
+    except UnicodeDecodeError:
+        return None
     if isinstance(value, np.generic):
         return value.item()
     return value
