@@ -97,9 +97,9 @@ def test_shuffled_labels_are_rejected_by_the_canary_and_never_reach_the_fleet(
             for e in audit_records(audit, "evaluation")
             if e["global_version"] == 2 and e["node_id"] != "box-1"
         ]
+        config = str(layout.config(AGGREGATOR))
         status = subprocess.run(
-            [sys.executable, "-m", "appliance.cli", "fleet", "status", "--config"]
-            + [str(layout.config(AGGREGATOR))],
+            [sys.executable, "-m", "appliance.cli", "fleet", "status", "--config", config],
             capture_output=True,
             text=True,
             check=True,
