@@ -1,5 +1,5 @@
 # Convenience targets; the README's two scripts are the supported entry points.
-.PHONY: setup demo test lint docs
+.PHONY: setup demo test lint docs deb deb-test
 
 setup:
 	scripts/setup.sh
@@ -16,3 +16,11 @@ lint: setup
 
 docs: setup
 	.venv/bin/python -m appliance.config.reference > docs/configuration.md
+
+# Debian packages in dist/deb/ (packaging/build-deb.sh; ~10 min the first time, ~2 later).
+deb:
+	packaging/build-deb.sh
+
+# Build, then install/upgrade/purge in a debootstrapped bookworm root (needs root).
+deb-test:
+	packaging/test-in-chroot.sh
