@@ -34,12 +34,15 @@ from appliance.federation.messages import (
     TrainingPlan,
 )
 from appliance.federation.rounds import Round, RoundSpec, RoundState, RoundStore, StoredUpdate
-from appliance.federation.strategies import RejectedUpdateError
+from appliance.federation.strategies import Aggregate, RejectedUpdateError
 from appliance.federation.updates import GlobalAdapter
 from appliance.identity import TrustStore
 from appliance.identity.own_key import node_key
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
+from appliance.privacy.secagg import SecAggError, secure_fedavg
+from appliance.privacy.secagg.daemon import SecureRounds
+from appliance.privacy.secagg.session import MASKED_UPDATE
 from appliance.rollout.controller import Actions, Rollout
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
@@ -78,7 +81,8 @@ class AggregatorService:
         self._events: queue.Queue[_IncomingUpdate | tuple[Evaluation, str]] = queue.Queue()
         self._inbox = self.state_dir / "updates"
         self._inbox.mkdir(exist_ok=True)
-        for pending in sorted(self._inbox.glob("*.update"), key=lambda p: p.stat().st_mtime):
+        inbox = [*self._inbox.glob("*.update"), *self._inbox.glob("*.masked")]
+        for pending in sorted(inbox, key=lambda p: p.stat().st_mtime):
             sender, round_id, _artifact_id, _suffix = pending.name.split(".")
             self._events.put(_IncomingUpdate(sender, round_id, pending))
         self._next_round_at = 0.0
@@ -92,6 +96,9 @@ class AggregatorService:
         )
         self.transport = TransportNode(self.key, self.trust, settings, self._on_artifact)
         self.transport.on_message("+", "evaluation", Evaluation, self._on_evaluation)
+        # pairwise-masked rounds (docs/privacy.md); inert unless fleet.secure_aggregation.enabled
+        self.secure = SecureRounds(self.transport, self.trust, config.fleet.secure_aggregation)
+        self._secure_round: Round | None = None  # committed, waiting for seed reveals
         self.health = FleetHealthService(config)
 
     # -- transport callbacks (worker thread): queue only ------------------------------------
@@ -99,7 +106,7 @@ class AggregatorService:
     def _on_artifact(self, artifact: ReceivedArtifact) -> None:
         manifest = artifact.manifest
         round_id = str(manifest.meta.get("round_id", ""))
-        if manifest.kind != "update" or not round_id:
+        if manifest.kind not in ("update", MASKED_UPDATE) or not round_id:
             log.warning(
                 "ignored artifact %s of kind %r from %s",
                 manifest.artifact_id,
@@ -109,7 +116,8 @@ class AggregatorService:
             return
         # The file in the inbox is the hand-over: the receiver acknowledges the artifact after
         # this returns, so it must survive a crash before the update reaches the round store.
-        target = self._inbox / f"{manifest.sender}.{round_id}.{manifest.artifact_id}.update"
+        suffix = "masked" if manifest.kind == MASKED_UPDATE else "update"
+        target = self._inbox / f"{manifest.sender}.{round_id}.{manifest.artifact_id}.{suffix}"
         shutil.move(artifact.path, target)
         self._events.put(_IncomingUpdate(manifest.sender, round_id, target))
 
@@ -135,6 +143,8 @@ class AggregatorService:
         """Handle what arrived, close or open rounds; returns a status line."""
         now = time.time() if now is None else now
         self._drain_events(now)
+        self.secure.tick(now)
+        self._finish_secure(now)
         self._follow_rollout(now)
         changed = self.store.advance(now)
         if changed is not None:
@@ -172,6 +182,7 @@ class AggregatorService:
         return (
             (limit == 0 or done < limit)
             and now >= self._next_round_at
+            and self._secure_round is None
             and bool(self.participants())
             and self.rollout.waiting() is None
         )
@@ -183,6 +194,7 @@ class AggregatorService:
             f"r{(self.store.latest().seq if self.store.latest() else 0) + 1}-{uuid.uuid4().hex[:6]}"
         )
         plan = self._plan()
+        self.secure.open(round_id, participants, self.current, now)  # keys may come at once
         spec = RoundSpec(
             round_id,
             self.current.version,
@@ -228,6 +240,7 @@ class AggregatorService:
                 top_k_fraction=None if codec.top_k_fraction >= 1 else codec.top_k_fraction,
                 compression=codec.compression,
             ),
+            secure_aggregation=self.secure.plan(),
         )
 
     def _announce(self, round_: Round, priority: int) -> None:
@@ -264,6 +277,9 @@ class AggregatorService:
     def _take_update(self, incoming: _IncomingUpdate, now: float) -> None:
         blob = incoming.path.read_bytes()
         incoming.path.unlink(missing_ok=True)
+        if incoming.path.suffix == ".masked":
+            self._take_masked(incoming, blob, now)
+            return
         limit = self.config.rounds.max_update_mb * 1024 * 1024
         try:
             header, update = decode_update(blob, self.current, limit)
@@ -296,6 +312,24 @@ class AggregatorService:
                 "update_rejected",
                 {"node_id": incoming.sender, "round_id": incoming.round_id, "reason": offer.reason},
             )
+
+    def _take_masked(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
+        """A masked update: checked by the secure round, then kept like any update."""
+        try:
+            weight = self.secure.check(blob, incoming.sender, incoming.round_id)
+        except SecAggError as exc:
+            self._refuse(incoming, f"{exc.reason}: {exc.detail}", len(blob))
+            return
+        stored = StoredUpdate(incoming.sender, hashlib.sha256(blob).hexdigest(), weight, blob)
+        offer = self.store.offer(incoming.round_id, stored, now)
+        log.info(
+            "masked update from %s for %s: %s %s (%d bytes)",
+            incoming.sender,
+            incoming.round_id,
+            offer.verdict.value,
+            offer.reason,
+            len(blob),
+        )
 
     def _refuse(self, incoming: _IncomingUpdate, reason: str, size: int) -> None:
         log.warning("update from %s for %s refused: %s", incoming.sender, incoming.round_id, reason)
@@ -332,6 +366,9 @@ class AggregatorService:
             self._next_round_at = time.time() + self.config.fleet.pause_s
 
     def _aggregate(self, round_: Round) -> None:
+        if round_.plan.get("secure_aggregation"):
+            self._commit_secure(round_)
+            return
         strategy = build_strategy(self.config.fleet.strategy)
         strategy.begin(self.current)
         accepted, sizes, rejected = [], {}, {}
@@ -355,6 +392,62 @@ class AggregatorService:
             self.store.mark_aggregated(round_.round_id)
             return
         result = strategy.finish()
+        facts = {
+            "participants": accepted,
+            "update_bytes": sizes,
+            "update_dense_fp32_bytes": dense,
+            "rejected": rejected,
+            "update_sha256": {u.node_id: u.sha256 for u in self.store.updates(round_.round_id)},
+            "strategy": dict(result.report),
+            "codec": round_.plan["codec"],
+            "privacy": privacy,
+        }
+        self._complete(round_, result, facts)
+
+    def _commit_secure(self, round_: Round) -> None:
+        """A secure round closed: commit who reported; `_finish_secure` waits for the seeds."""
+        try:
+            self.secure.commit(round_.round_id, time.time())
+        except SecAggError as exc:
+            self._secure_failed(round_, exc)
+            return
+        self._secure_round = round_
+
+    def _finish_secure(self, now: float) -> None:
+        round_ = self._secure_round
+        if round_ is None:
+            return
+        try:
+            unmasked = self.secure.result(now)
+        except SecAggError as exc:
+            self._secure_round = None
+            self._secure_failed(round_, exc)
+            return
+        if unmasked is None:
+            return  # still waiting for seed reveals
+        self._secure_round = None
+        result = secure_fedavg(self.current, unmasked)
+        stored = list(self.store.updates(round_.round_id))
+        facts = {
+            "participants": list(unmasked.reporting),
+            "dropped": list(unmasked.dropped),
+            "update_bytes": {u.node_id: len(u.blob) for u in stored},
+            "update_sha256": {u.node_id: u.sha256 for u in stored},
+            "strategy": dict(result.report),
+            "codec": round_.plan["codec"],
+            "secure_aggregation": round_.plan["secure_aggregation"],
+        }
+        self._complete(round_, result, facts)
+
+    def _secure_failed(self, round_: Round, exc: SecAggError) -> None:
+        log.error("round %s: secure aggregation failed: %s", round_.round_id, exc)
+        self.audit.append(
+            "round_failed", {"round_id": round_.round_id, "reason": f"{exc.reason}: {exc.detail}"}
+        )
+        self.store.mark_aggregated(round_.round_id)
+
+    def _complete(self, round_: Round, result: Aggregate, facts: dict[str, object]) -> None:
+        """Save, record and publish a round's new global adapter."""
         new = GlobalAdapter(
             self.rollout.next_version(self.current.version),
             result.factors,
@@ -374,14 +467,7 @@ class AggregatorService:
             {
                 "round_id": round_.round_id,
                 "close_reason": round_.close_reason,
-                "participants": accepted,
-                "update_bytes": sizes,
-                "update_dense_fp32_bytes": dense,
-                "rejected": rejected,
-                "update_sha256": {u.node_id: u.sha256 for u in self.store.updates(round_.round_id)},
-                "strategy": dict(result.report),
-                "codec": round_.plan["codec"],
-                "privacy": privacy,
+                **facts,
                 "global_version": new.version,
                 "global_sha256": digest,
                 "global_bytes": path.stat().st_size,

@@ -1,8 +1,8 @@
 """The two config files: one for an edge box, one for the plant aggregator."""
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from appliance.config.base import Section
 from appliance.config.federation import EdgeFederationSettings, FleetSettings
@@ -94,6 +94,15 @@ class AggregatorConfig(Section):
         default_factory=FleetHealthSettings, description="Fleet health, alerts, Prometheus."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+    @model_validator(mode="after")
+    def _secure_aggregation_needs_frozen_a(self) -> Self:
+        if self.fleet.secure_aggregation.enabled and not self.training.freeze_a:
+            raise ValueError(
+                "fleet.secure_aggregation needs training.freeze_a = true: only the mean of B "
+                "under a shared A can be computed from a masked sum"
+            )
+        return self
 
 
 NodeConfig = EdgeConfig | AggregatorConfig

@@ -26,7 +26,7 @@ class SecureAggregationSettings(Section):
         default=False,
         description="Mask every update so that only the sum can be decoded. Needs dense int8 "
         'updates (`codec.top_k_fraction = 1.0`), `strategy.name = "fedavg"` without '
-        "`norm_bound`, and a frozen A. Not yet wired into the daemons: `true` is refused.",
+        "`norm_bound`, and a frozen A (`training.freeze_a`).",
     )
     value_bound: float = Field(
         default=0.05,
@@ -47,4 +47,18 @@ class SecureAggregationSettings(Section):
         ge=2,
         description="Boxes refuse to reveal seeds, and the aggregator to commit, when fewer "
         "boxes reported: a sum of one box is that box's update.",
+    )
+    key_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="After opening a round, relay the key set once every participant's mask "
+        "key arrived or this long has passed (boxes without a key are out of the round).",
+    )
+    reveal_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="After the commit, wait this long for the reporting boxes' seed reveals; "
+        "then the round fails (no global adapter) and the next one starts.",
     )

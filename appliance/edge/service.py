@@ -36,6 +36,10 @@ from appliance.llm.texts import chat_template, record_text
 from appliance.llm.training.supervisor import TrainingRequest
 from appliance.privacy.accountant import PrivacyLedgerError
 from appliance.privacy.guard import PrivacyGuard
+from appliance.privacy.secagg.daemon import SecureBox
+from appliance.serve.edge import EdgeServing
+from appliance.system.journal import set_fields
+from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.metrics import DaemonState
 from appliance.telemetry.reporter import HealthReporter
 from appliance.transport.node import NodeSettings, TransportNode
@@ -99,6 +103,8 @@ class EdgeService:
             aggregator, "command", Command, lambda m, _s: self._events.put(("command", m))
         )
         self.health = HealthReporter(config, daemon_state=self._daemon_state)
+        self.secure = SecureBox(self.transport, aggregator)  # pairwise-masked rounds
+        self.serving = EdgeServing(config, lambda: self.training)  # inference API, if enabled
 
     # -- life ---------------------------------------------------------------------------------
 
@@ -106,13 +112,18 @@ class EdgeService:
         """Connect to the broker, start the health probes and Sparkplug reporting."""
         self.transport.start()
         self.health.start()
+        self.serving.follow(self.state.active_version, self.state.active_path)
+        self.serving.start()
 
     def stop(self) -> None:
-        """Stop training at a step boundary, then disconnect."""
+        """Stop training at a step boundary, flush the outbox, then disconnect."""
+        self.serving.stop()
         if self.training is not None:
             self.training.resume()
             self.training.stop.set()
             self.training.join(timeout_s=120)
+        set_fields(ROUND=None)
+        flush_outbox(self.transport)
         self.health.stop()
         self.transport.stop()
         self.spool.close()
@@ -141,10 +152,13 @@ class EdgeService:
             except queue.Empty:
                 break
             self._handle(kind, payload)
+        self.serving.follow(self.state.active_version, self.state.active_path)
         self._follow_gate()
+        self.secure.tick()  # a masked update waits for its round's key set
         if self.training is not None and (outcome := self.training.outcome()) is not None:
             run, self.training = self.training, None
             self._finish_round(run, outcome)
+            set_fields(ROUND=None)
         return self.status()
 
     def _follow_gate(self) -> None:
@@ -152,10 +166,8 @@ class EdgeService:
         if self.training is None:
             return
         decision = self.health.gate()
-        if not decision.allowed:
-            self.training.pause(decision.summary())
-        else:
-            self.training.resume()
+        # one vote of two: the inference API also pauses training while it serves
+        self.serving.gate(None if decision.allowed else decision.summary())
 
     def _daemon_state(self) -> DaemonState:
         """What the health reporter publishes about the daemon (read from its thread)."""
@@ -242,6 +254,7 @@ class EdgeService:
         if not records:
             log.warning("round %s: no training data in the spool yet; not joining", round_.round_id)
             return
+        self.secure.join(round_)  # a secure round: publish this box's mask key
         self._start_training(round_, base_path, records)
 
     def _global_file(self, round_: RoundAnnouncement) -> Path | None:
@@ -283,6 +296,7 @@ class EdgeService:
             evaluate=False,
         )
         self.training = TrainingRun(round_, request, len(records))
+        set_fields(ROUND=round_.round_id)  # journal field of the lines that follow
         self.training.start()
         log.info(
             "round %s: training on %d records (global v%d)",
@@ -309,6 +323,14 @@ class EdgeService:
             self._mark_done(round_.round_id, local_nll)
             return
         corrected = self.feedback.corrected(deltas)
+        if round_.plan.secure_aggregation is not None:  # masked, sent once the key set is here
+            credited, _ = self.secure.submit(round_, corrected, run.records, base)
+            self.feedback.remember(corrected, credited)
+            self.feedback.save(self._residual_path)
+            self._mark_done(round_.round_id, local_nll)
+            self.state.train_seconds[round_.round_id] = outcome.result.seconds
+            self.state.save(self._state_path)
+            return
         context = RoundContext(
             self.node_id, round_.round_id, round_.base_sha256, round_.global_version
         )

@@ -22,6 +22,14 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+class SecureAggregationPlan(Message):
+    """Pairwise-masked updates for the round (appliance/privacy/secagg; docs/privacy.md)."""
+
+    value_bound: float = Field(gt=0, le=1000, description="Shared int8 step x 127.")
+    max_weight: int = Field(ge=1, le=1_000_000, description="Cap on a box's sample weight.")
+    min_reporting: int = Field(ge=2, description="No seed reveal for fewer reporting boxes.")
+
+
 class TrainingPlan(Message):
     """The hyper-parameters every participant trains with in a round."""
 
@@ -35,6 +43,9 @@ class TrainingPlan(Message):
     epochs: int = Field(ge=1)
     max_steps: int = Field(ge=0)
     codec: CodecSpec
+    secure_aggregation: SecureAggregationPlan | None = Field(
+        default=None, description="Mask the update (None: a plain signed update)."
+    )
 
 
 class RoundAnnouncement(Message):

@@ -28,6 +28,11 @@ def error(tmp_path: Path, extra: str) -> str:
     return str(caught.value)
 
 
+def test_enabled_with_the_defaults_is_valid(tmp_path: Path) -> None:
+    secure = load(tmp_path, "[fleet.secure_aggregation]\nenabled = true\n").fleet
+    assert secure.secure_aggregation.enabled and secure.codec.values == "int8"
+
+
 def test_off_by_default_with_documented_numbers(tmp_path: Path) -> None:
     secure = load(tmp_path, "").fleet.secure_aggregation
     assert secure.enabled is False
@@ -63,7 +68,12 @@ def test_the_config_bound_is_the_encodings_bound(weight: int) -> None:
             "[fleet.secure_aggregation]\nenabled = true\nmax_weight = 1000000\n",
             "at most 16 participants with max_weight 1000000 (17 listed)",
         ),
-        ("[fleet.secure_aggregation]\nenabled = true\n", "not wired into the daemons yet"),
+        (
+            "[training]\nfreeze_a = false\n[fleet.secure_aggregation]\nenabled = true\n",
+            "needs training.freeze_a = true",
+        ),
+        ("[fleet.secure_aggregation]\nkey_wait_s = 0\n", "key_wait_s"),
+        ("[fleet.secure_aggregation]\nreveal_wait_s = -1\n", "reveal_wait_s"),
         ("[fleet.secure_aggregation]\nmin_reporting = 1\n", "min_reporting"),
         ("[fleet.secure_aggregation]\nvalue_bound = nan\n", "value_bound"),
         ("[fleet.secure_aggregation]\nvalue_bound = 0\n", "value_bound"),

@@ -89,6 +89,10 @@ class Collector:
         """Boxes whose masked update was accepted."""
         return tuple(sorted(self._masked))
 
+    def weight_of(self, node: str) -> int:
+        """The weight a reporting box declared."""
+        return self._masked[node][0]
+
     # -- keys ---------------------------------------------------------------------------------
 
     def add_key(self, key: MaskKey, signer: str) -> None:

@@ -126,6 +126,12 @@ class AggregatorSession:
         self.transport.publish(COMMIT, commit)
         return commit
 
+    def add_masked(self, blob: bytes, sender: str) -> None:
+        """Check and hold a masked update (for an owner that reads artifacts itself)."""
+        with self.changed:
+            self._current().add_masked(blob, sender)
+            self.changed.notify_all()
+
     def unmask(self) -> UnmaskedSum:
         with self._lock:
             return self._current().unmask()
