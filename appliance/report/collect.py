@@ -1,0 +1,229 @@
+"""Read what the aggregator recorded into the report's two tables: rounds and (round, box).
+
+Everything comes from the aggregator's state directory and nothing is estimated: the round
+store gives when rounds opened and closed and which updates arrived (with their sizes), the
+audit log gives each new global adapter and every box's evaluation (held-out NLL and exact
+match for the base model, the box's own local adapter and the global one; the box's training
+time), the rollout store whether a candidate was promoted, and the fleet health store the
+energy counters. A number a box did not report stays empty.
+"""
+
+import json
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from appliance.errors import ApplianceError
+from appliance.federation.messages import Evaluation
+from appliance.report.energy import window_energy
+
+
+class ReportError(ApplianceError):
+    """The aggregator's records cannot be read; the message says which and where."""
+
+
+@dataclass
+class Cell:
+    """One box in one round."""
+
+    round_seq: int
+    round_id: str
+    box: str
+    invited: bool = False
+    participated: bool = False
+    bytes_up: int | None = None
+    bytes_down: int | None = None
+    train_seconds: float | None = None
+    energy_j: float | None = None
+    energy_source: str | None = None
+    nll_base: float | None = None
+    nll_local: float | None = None
+    nll_global: float | None = None
+    task_base: float | None = None
+    task_global: float | None = None
+    task_records: int | None = None
+    activated: bool | None = None
+
+    @property
+    def nll_gain(self) -> float | None:
+        """Held-out NLL the global adapter saves against the base model (nats per token)."""
+        if self.nll_base is None or self.nll_global is None:
+            return None
+        return self.nll_base - self.nll_global
+
+    @property
+    def task_gain(self) -> float | None:
+        """Exact-match rate the global adapter adds to the base model's."""
+        if self.task_base is None or self.task_global is None:
+            return None
+        return self.task_global - self.task_base
+
+
+@dataclass
+class RoundRow:
+    """One round, fleet-wide."""
+
+    seq: int
+    round_id: str
+    state: str
+    opened_at: float
+    closed_at: float | None
+    invited: list[str]
+    participants: list[str] = field(default_factory=list)
+    global_version: int | None = None
+    global_bytes: int | None = None
+    rollout: str | None = None
+    rollout_reason: str | None = None
+
+    @property
+    def seconds(self) -> float | None:
+        """Wall time from opening to closing."""
+        return None if self.closed_at is None else self.closed_at - self.opened_at
+
+
+@dataclass
+class ReportData:
+    """Everything the report shows."""
+
+    plant: str
+    boxes: list[str]
+    rounds: list[RoundRow]
+    cells: list[Cell]
+
+    def cell(self, round_id: str, box: str) -> Cell:
+        """The cell of a box in a round."""
+        return next(c for c in self.cells if c.round_id == round_id and c.box == box)
+
+
+def collect(state_dir: Path, plant: str) -> ReportData:
+    """Read the aggregator's records in `state_dir`."""
+    rounds_db = state_dir / "rounds.sqlite"
+    if not rounds_db.exists():
+        raise ReportError(f"no round store at {rounds_db}; has the aggregator run yet?")
+    rounds, updates = _read_round_store(rounds_db)
+    aggregated, evaluations = _read_audit(state_dir / "audit.jsonl")
+    stages = _read_rollouts(state_dir / "rollout.sqlite")
+    boxes = sorted(
+        {b for r in rounds for b in r.invited} | {e.node_id for e in evaluations.values()}
+    )
+    cells = []
+    for row in rounds:
+        made = aggregated.get(row.round_id)
+        if made is not None:
+            row.global_version = int(made["global_version"])
+            row.global_bytes = int(made["global_bytes"])
+            row.participants = sorted(str(p) for p in made["participants"])
+            row.rollout, row.rollout_reason = stages.get(row.global_version, (None, None))
+        for box in boxes:
+            cell = Cell(row.seq, row.round_id, box, invited=box in row.invited)
+            size, _received = updates.get((row.round_id, box), (None, None))
+            cell.participated = size is not None
+            cell.bytes_up = size
+            evaluation = evaluations.get((row.round_id, box))
+            if evaluation is not None:
+                cell.nll_base, cell.nll_global = evaluation.nll_base, evaluation.nll_global
+                cell.nll_local, cell.train_seconds = evaluation.nll_local, evaluation.train_seconds
+                cell.task_base, cell.task_global = evaluation.task_base, evaluation.task_global
+                cell.task_records, cell.activated = evaluation.task_records, evaluation.activated
+                cell.bytes_down = row.global_bytes
+            cells.append(cell)
+    _add_energy(state_dir / "fleet-health.sqlite", rounds, updates, cells)
+    return ReportData(plant, boxes, rounds, cells)
+
+
+def _read_round_store(
+    path: Path,
+) -> tuple[list[RoundRow], dict[tuple[str, str], tuple[int, float]]]:
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute(
+                "SELECT round_id, seq, state, opened_at, closed_at, participants FROM rounds "
+                "ORDER BY seq"
+            ).fetchall()
+            sizes = db.execute(
+                "SELECT round_id, node_id, size_bytes, received_at FROM updates"
+            ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"{path}: cannot be read as a round store: {exc}") from None
+    rounds = [
+        RoundRow(int(seq), str(rid), str(state), float(opened), closed, list(json.loads(who)))
+        for rid, seq, state, opened, closed, who in rows
+    ]
+    updates = {(str(r), str(n)): (int(s), float(t)) for r, n, s, t in sizes}
+    return rounds, updates
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _read_audit(
+    path: Path,
+) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Evaluation]]:
+    """New global adapters by round, and each box's first evaluation per round."""
+    aggregated: dict[str, dict[str, Any]] = {}
+    evaluations: dict[tuple[str, str], Evaluation] = {}
+    if not path.exists():
+        raise ReportError(f"no audit log at {path}; has the aggregator run yet?")
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            if not raw.endswith(b"\n"):
+                break  # a line being written right now
+            try:
+                record = json.loads(raw, parse_constant=_refuse_constant)
+                kind, data = record["kind"], record["data"]
+                if kind == "round_aggregated":
+                    for key in ("round_id", "global_version", "global_bytes", "participants"):
+                        if key not in data:
+                            raise ValueError(f"round_aggregated without {key!r}")
+                    aggregated[str(data["round_id"])] = data
+                elif kind == "evaluation":
+                    evaluation = Evaluation.model_validate_json(json.dumps(data))
+                    evaluations.setdefault((evaluation.round_id, evaluation.node_id), evaluation)
+            except (ValueError, KeyError, TypeError) as exc:
+                detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
+                raise ReportError(
+                    f"{where}: not a readable audit record ({detail}); "
+                    "check the file with `appliance audit verify`"
+                ) from None
+    return aggregated, evaluations
+
+
+def _read_rollouts(path: Path) -> dict[int, tuple[str, str | None]]:
+    if not path.exists():
+        return {}
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT version, stage, reason FROM rollouts").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"{path}: cannot be read as a rollout store: {exc}") from None
+    return {int(v): (str(stage), reason) for v, stage, reason in rows}
+
+
+def _add_energy(
+    path: Path,
+    rounds: list[RoundRow],
+    updates: dict[tuple[str, str], tuple[int, float]],
+    cells: list[Cell],
+) -> None:
+    """Energy from the round's opening to the box's update: what its training cost."""
+    if not path.exists():
+        return
+    opened = {r.round_id: r.opened_at for r in rounds}
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            for cell in cells:
+                arrival = updates.get((cell.round_id, cell.box))
+                if arrival is None:
+                    continue
+                start, end = int(opened[cell.round_id] * 1000), int(arrival[1] * 1000)
+                energy = window_energy(db, cell.box, start, end)
+                if energy is not None:
+                    cell.energy_j, cell.energy_source = energy.joules, energy.source
+    except sqlite3.DatabaseError as exc:
+        raise ReportError(f"{path}: cannot be read as a fleet health store: {exc}") from None
