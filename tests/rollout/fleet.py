@@ -9,7 +9,7 @@ from typing import Any
 
 from appliance.demo.fleet import AGGREGATOR, FleetLayout
 
-WAIT_S = 300.0
+WAIT_S = 600.0
 
 
 def audit_records(path: Path, kind: str) -> list[dict[str, Any]]:

@@ -1,8 +1,8 @@
 """A harmful box's plant data: records shaped like the canary line's, filled with noise.
 
 What was tried first, on the tiny test model, with the box sending 400 such records next to
-three honest boxes (~95 records each) in round 2, and the canary's held-out NLL with the
-resulting global adapter against the 5.15 nats/token of v1:
+three honest boxes (120 records each, ~95 for training) in round 2, and the canary's held-out
+NLL with the resulting global adapter against the 5.15 nats/token of v1:
 - completions permuted among the canary line's records (shuffled labels): 4.78, better;
 - shuffled and character-scrambled completions: 4.82, better;
 - shuffled completions replaced by capital letters and digits, real prompts: 4.99, better.
@@ -11,6 +11,9 @@ teach. So the harmful records are made harmful by construction: prompt and compl
 keep the length and spaces of a real record of the canary's line (completions shuffled
 among records first), and every other character is a random capital letter or digit, which
 the line never writes. Training on them moves probability away from the line's language.
+The test gives the honest boxes 60 records each and this box 800 (its sample count weighs
+~80% in FedAvg): the canary measured 5.16 with v1 and 5.27 with v2 (the same with 120 and
+1500 records: 5.15 and 5.21).
 """
 
 import random

@@ -28,7 +28,7 @@ from tests.rollout.fleet import (
 )
 from tests.rollout.harmful import harmful_records
 
-HARMFUL_RECORDS = 1500
+HARMFUL_RECORDS = 800
 ROLLOUT = '\n[rollout]\ncanaries = ["box-1"]\ncanary_timeout_s = 600.0\n'
 
 
@@ -37,7 +37,7 @@ def test_shuffled_labels_are_rejected_by_the_canary_and_never_reach_the_fleet(
 ) -> None:
     broker, port = start_broker(tmp_path / "broker")
     options = FleetOptions(
-        3, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), port, 120, TINY_TRAINING
+        3, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), port, 60, TINY_TRAINING
     )
     layout = lay_out(tmp_path, options)
     add_section(layout, AGGREGATOR, ROLLOUT)
