@@ -21,8 +21,6 @@ from appliance.data.records import Record
 from appliance.llm.runtime import Adapter, Runtime
 from appliance.llm.texts import record_text
 
-# Greedy decoding with a fixed seed: the same adapter gives the same answers every time.
-_GREEDY = {"temperature": 0.0, "top_p": 1.0, "seed": 0}
 _SLACK_TOKENS = 2
 """Tokens generated beyond the reference's length: enough to see that an answer goes on."""
 
@@ -100,7 +98,7 @@ def held_out(
 ) -> HeldOut:
     """The held-out texts, and up to `max_task_records` prompt/completion task items."""
     texts = [record_text(r, template) for r in records]
-    items = []
+    items: list[TaskItem] = []
     for record in records:
         if len(items) >= settings.max_task_records:
             break
@@ -132,7 +130,10 @@ def task_rate(
     try:
         runtime.set_adapters([] if adapter is None else [(adapter, 1.0)])
         for item in items:
-            generated = runtime.generate(item.prompt, max_tokens=item.max_tokens, **_GREEDY)
+            # greedy with a fixed seed: the same adapter gives the same answers every time
+            generated = runtime.generate(
+                item.prompt, max_tokens=item.max_tokens, temperature=0.0, top_p=1.0, seed=0
+            )
             if answer(generated.text, pattern) == item.expected:
                 right += 1
     finally:

@@ -418,26 +418,29 @@ class EdgeService:
             self._activate(candidate, version, path)
         else:
             self.runtime.free_adapter(candidate)
-        self.transport.publish(
-            "evaluation",
-            Evaluation(
-                round_id=round_id or "unknown",
-                global_version=version,
-                node_id=self.node_id,
-                heldout_tokens=tokens,
-                nll_base=nll_base,
-                nll_local=self.state.local_nll.get(round_id),
-                nll_global=nll_global,
-                activated=self.state.active_version == version,
-                current_version=served,
-                nll_current=scores.current.nll,
-                task_records=scores.task_records,
-                task_base=scores.base.task,
-                task_current=scores.current.task,
-                task_global=scores.candidate.task,
-                train_seconds=self.state.train_seconds.get(round_id),
-            ),
-        )
+        if tokens == 0:  # no held-out records yet: no number to report (NaN is not one)
+            log.warning("global adapter v%d: no held-out records to evaluate it on", version)
+        else:
+            self.transport.publish(
+                "evaluation",
+                Evaluation(
+                    round_id=round_id or "unknown",
+                    global_version=version,
+                    node_id=self.node_id,
+                    heldout_tokens=tokens,
+                    nll_base=nll_base,
+                    nll_local=self.state.local_nll.get(round_id),
+                    nll_global=nll_global,
+                    activated=self.state.active_version == version,
+                    current_version=served,
+                    nll_current=scores.current.nll,
+                    task_records=scores.task_records,
+                    task_base=scores.base.task,
+                    task_current=scores.current.task,
+                    task_global=scores.candidate.task,
+                    train_seconds=self.state.train_seconds.get(round_id),
+                ),
+            )
         log.info(
             "global adapter v%d: held-out NLL %.4f (base %.4f)%s",
             version,
