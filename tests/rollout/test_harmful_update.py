@@ -1,11 +1,12 @@
 """A harmful update is stopped at the canary: real broker, aggregator and boxes as processes.
 
 Round 1: three boxes with honest data; the canary (box-1) finds v1 better than the base model
-and v1 is promoted to every box. Then box-3 receives many records of the canary's own line
-whose completions are shuffled among records (wrong labels) and round 2 runs: its sample
-count makes box-3 dominate the average, v2 goes to the canary only, the canary's held-out
-NLL rises, v2 is rejected and rolled back there, box-2 and box-3 never receive it, and the
-audit log and `fleet status` say why. Without the canary gate box-2 would serve v2.
+and v1 is promoted to every box. Then box-3 receives many records shaped like the canary
+line's, labels shuffled and turned into noise (tests/rollout/harmful.py says why plain
+shuffled labels are not harmful on the tiny model), and round 2 runs: its sample count makes
+box-3 dominate the average, v2 goes to the canary only, the canary's held-out NLL rises, v2
+is rejected and rolled back there, box-2 and box-3 never receive it, and the audit log and
+`fleet status` say why. Without the canary gate box-2 would serve v2 and the test fails.
 """
 
 import subprocess
