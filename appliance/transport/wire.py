@@ -132,7 +132,7 @@ def open_envelope(payload: bytes, writer: str, trust: TrustStore, schema: type[M
         raise RejectedError("malformed", _first_error(exc)) from None
     try:
         signature = base64.b64decode(envelope.signature, validate=True)
-    except binascii.Error:
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text
         raise RejectedError("malformed", "signature is not base64") from None
     body = envelope.body.encode()
     try:

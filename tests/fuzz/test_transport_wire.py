@@ -170,3 +170,15 @@ def test_topics(topic: str) -> None:
         return
     assert topic.startswith("appliance/v1/plant-1/")
     assert parsed.writer and "/" not in parsed.writer
+
+
+def test_a_non_ascii_signature_is_malformed_not_a_crash() -> None:
+    """Found by the atheris harness: base64 raised a bare ValueError on non-ASCII text."""
+    envelope = json.loads(SEALED[0][1])
+    envelope["signature"] = envelope["signature"][:-4] + "\u05fd=="
+    try:
+        open_envelope(json.dumps(envelope).encode(), "box-1", TRUST, SEALED[0][0])
+    except RejectedError as exc:
+        assert (exc.reason, exc.detail) == ("malformed", "signature is not base64")
+    else:
+        raise AssertionError("accepted a non-base64 signature")
