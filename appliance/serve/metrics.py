@@ -123,10 +123,10 @@ class ServeMetrics:
                     f"# TYPE appliance_inference_{name} counter",
                     f"appliance_inference_{name} {value}",
                 ]
-        for name, (help_text, value) in gauges().items():
+        for name, (gauge_help, level) in gauges().items():
             lines += [
-                f"# HELP appliance_inference_{name} {help_text}",
+                f"# HELP appliance_inference_{name} {gauge_help}",
                 f"# TYPE appliance_inference_{name} gauge",
-                f"appliance_inference_{name} {value:g}",
+                f"appliance_inference_{name} {level:g}",
             ]
         return "\n".join(lines) + "\n"
