@@ -275,3 +275,25 @@ def test_metrics_show_requests_latency_and_queue(server: InferenceServer) -> Non
     assert "appliance_inference_completion_tokens_total 5" in text
     assert "appliance_inference_queue_depth 0" in text
     assert "appliance_inference_adapter_version -1" in text
+
+
+def test_a_replayed_request_gets_the_same_answer(server: InferenceServer) -> None:
+    """Requests have no side effects: the same body twice gives the same text."""
+    body = {"model": "tiny-f32", "prompt": PROMPT, "max_tokens": 12, "seed": 77}
+    first = httpx.post(f"{server.url}/completions", json=body).json()
+    second = httpx.post(f"{server.url}/completions", json=body).json()
+    assert first["choices"] == second["choices"]
+    assert first["id"] != second["id"]
+
+
+def test_a_client_that_leaves_mid_stream_does_not_disturb_the_next(
+    server: InferenceServer, reference: StreamingRuntime
+) -> None:
+    api = client(server)
+    stream = api.completions.create(
+        model="tiny-f32", prompt=PROMPT, max_tokens=400, seed=1, stream=True
+    )
+    next(iter(stream))
+    stream.close()  # hang up after the first piece
+    after = api.completions.create(model="tiny-f32", prompt=PROMPT, max_tokens=12, seed=8)
+    assert after.choices[0].text == fresh_text(reference, PROMPT, max_tokens=12, seed=8)
