@@ -40,6 +40,7 @@ SMOLLM2_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 CACHE=${APPLIANCE_DEB_CACHE:-$HOME/.cache/appliance-deb}
 WORK=$ROOT/build/deb
+MAINTAINER=${APPLIANCE_MAINTAINER:-appliance maintainers <packaging@appliance.example.org>}
 
 say() { echo "build-deb: $*" >&2; }
 need() { command -v "$1" >/dev/null || { say "missing $1 (apt-get install $2)"; exit 1; }; }
@@ -88,7 +89,7 @@ STAGE_VENV=$PKG$VENV
 "$BUILDENV/bin/pip" wheel -q --no-deps -w "$WORK/wheels" .
 rm -rf build/lib build/bdist.*
 "$PYTHON" -m venv "$STAGE_VENV"
-"$STAGE_VENV/bin/pip" install -q --no-compile --no-cache-dir \
+"$STAGE_VENV/bin/pip" install -q --no-compile \
     "$LLAMA_DIR"/llama_cpp_python-*.whl "$SYSTEMD_DIR"/systemd_python-*.whl \
     "$WORK"/wheels/appliance-*.whl
 "$STAGE_VENV/bin/pip" uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true
@@ -99,6 +100,8 @@ SITE=$STAGE_VENV/lib/python$PY_MINOR/site-packages
 # The probes run next to the package (appliance.telemetry.runner.FIRMWARE_SCRIPTS).
 cp -r firmware_scripts "$SITE/firmware_scripts"
 ln -s "venv/lib/python$PY_MINOR/site-packages/firmware_scripts" "$PKG$PREFIX/firmware_scripts"
+# Relative links inside /usr (Debian policy 10.5): the venv's interpreter is Debian's.
+ln -sfn ../../../../bin/python3 "$STAGE_VENV/bin/python3"
 
 # Shebangs and pyvenv.cfg name the final path, never the staging one.
 grep -rlI --null "$PKG" "$STAGE_VENV/bin" | xargs -0 -r sed -i "s#$PKG##g"
@@ -118,20 +121,26 @@ while IFS= read -r -d '' lib; do
         strip --strip-unneeded --remove-section=.comment --remove-section=.note "$lib"
     fi
 done < <(find "$PKG" -type f \( -name '*.so' -o -name '*.so.*' \) -print0)
+# Wheels leave execute bits on modules, tests and libraries: only commands keep them.
+find "$PKG$VENV/lib" -type f -perm /111 ! -path '*/site-packages/firmware_scripts/*' \
+    -exec chmod a-x {} +
+chmod 0755 "$SITE"/firmware_scripts/*
 
 # -- the rest of the file system ----------------------------------------------------------------
 install -d "$PKG/usr/bin" "$PKG/lib/systemd/system" "$PKG/usr/share/appliance/mosquitto" \
     "$PKG/usr/share/doc/appliance" "$PKG/usr/share/lintian/overrides"
-ln -s "$VENV/bin/appliance" "$PKG/usr/bin/appliance"
+ln -s ../lib/appliance/venv/bin/appliance "$PKG/usr/bin/appliance"
 install -m 0644 packaging/systemd/*.service packaging/systemd/*.timer "$PKG/lib/systemd/system/"
 install -m 0644 packaging/edge.toml packaging/aggregator.toml "$PKG/usr/share/appliance/"
 install -m 0644 packaging/mosquitto/* "$PKG/usr/share/appliance/mosquitto/"
 install -m 0644 README.md "$PKG/usr/share/doc/appliance/README.md"
 install -m 0644 packaging/debian/copyright "$PKG/usr/share/doc/appliance/copyright"
+install -d "$PKG/usr/share/man/man1"
+gzip -9n < packaging/debian/appliance.1 > "$PKG/usr/share/man/man1/appliance.1.gz"
 changelog() {  # package version distribution -> gzipped changelog.Debian
     printf '%s (%s) %s; urgency=medium\n\n  * Build of appliance %s (commit %s).\n\n -- %s  %s\n' \
         "$1" "$2" unstable "$UPSTREAM" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-        "appliance maintainers <appliance@localhost>" \
+        "$MAINTAINER" \
         "$(date -R -u -d "@$SOURCE_DATE_EPOCH")" | gzip -9n
 }
 changelog appliance "$VERSION" > "$PKG/usr/share/doc/appliance/changelog.Debian.gz"
@@ -159,7 +168,7 @@ cat > "$PKG/DEBIAN/control" <<EOF
 Package: appliance
 Version: $VERSION
 Architecture: $ARCH
-Maintainer: appliance maintainers <appliance@localhost>
+Maintainer: $MAINTAINER
 Installed-Size: $INSTALLED_SIZE
 Depends: python3 (>= $PY_MINOR), python3 (<< $PY_NEXT), adduser, init-system-helpers (>= 1.54~), $SHLIBS
 Recommends: appliance-model-smollm2, smartmontools
@@ -212,7 +221,7 @@ EOF
 Package: appliance-model-smollm2
 Version: $MVERSION
 Architecture: all
-Maintainer: appliance maintainers <appliance@localhost>
+Maintainer: $MAINTAINER
 Installed-Size: $(du -sk --exclude=DEBIAN "$MPKG" | cut -f1)
 Section: misc
 Priority: optional
@@ -225,8 +234,8 @@ EOF
     (cd "$MPKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z \
         | xargs -0 md5sum > DEBIAN/md5sums)
     MDEB=$OUT/appliance-model-smollm2_${MVERSION}_all.deb
-    # The GGUF does not compress: store it as is.
-    dpkg-deb --root-owner-group -Znone --build "$MPKG" "$MDEB" >/dev/null
+    # The GGUF hardly compresses: the fastest gzip level.
+    dpkg-deb --root-owner-group -Zgzip -z1 --build "$MPKG" "$MDEB" >/dev/null
     say "built $MDEB ($(du -h "$MDEB" | cut -f1))"
     DEBS+=("$MDEB")
 fi
