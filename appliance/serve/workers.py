@@ -96,6 +96,7 @@ class Pool:
         self._lock = threading.Lock()
         self._pending = 0
         self._running = 0
+        self._in_flight: set[Job] = set()
         self._stopping = False
         self._threads = [
             threading.Thread(target=self._work, args=(c,), name=f"serve-{c.index}", daemon=True)
@@ -150,6 +151,8 @@ class Pool:
         """Refuse new requests, cancel the running ones, stop the workers, free the models."""
         with self._lock:
             self._stopping = True
+            for running in self._in_flight:
+                running.cancelled.set()  # the worker stops at its next token
         while True:
             try:
                 job = self._queue.get_nowait()
@@ -172,6 +175,7 @@ class Pool:
         while (job := self._queue.get()) is not None:
             with self._lock:
                 self._running += 1
+                self._in_flight.add(job)
             try:
                 if self._stopping or job.cancelled.is_set():
                     job.send("error", ApiError(499, "the client went away", "cancelled"))
@@ -185,6 +189,7 @@ class Pool:
             finally:
                 with self._lock:
                     self._running -= 1
+                    self._in_flight.discard(job)
                 self._finished()
 
     def _finished(self) -> None:
