@@ -120,6 +120,7 @@ class StreamingRuntime(Runtime):
         vocab = llm._model.vocab
         llm.set_seed(sampling.seed)
         completion = list(lead)
+        data = bytearray(llm.detokenize(lead))  # grows by one piece per token: no O(n^2)
         sent, reason, stopped_at = "", "length", None
         first_token_at: float | None = None
         for token in llm.generate(
@@ -137,7 +138,8 @@ class StreamingRuntime(Runtime):
                 reason = "stop"
                 break
             completion.append(token)
-            text = _complete_utf8(llm.detokenize(completion, prev_tokens=prompt))
+            data += llm.detokenize([token])
+            text = _complete_utf8(_strip_bos_space(data, lead))
             cut = _first_stop(text, sampling.stop)
             if cut is not None:
                 stopped_at, reason = text[:cut], "stop"
@@ -154,7 +156,7 @@ class StreamingRuntime(Runtime):
         if stopped_at is not None:
             text = stopped_at
         else:
-            text = llm.detokenize(completion, prev_tokens=prompt).decode("utf-8", errors="ignore")
+            text = _strip_bos_space(data, lead).decode("utf-8", errors="ignore")
             cut = _first_stop(text, sampling.stop)
             if cut is not None:
                 text, reason = text[:cut], "stop"
@@ -202,6 +204,11 @@ def apply_chat_template(template: str, messages: Sequence[tuple[str, str]]) -> s
             return buffer.raw[:needed].decode("utf-8", errors="replace")
         size = needed
     return None
+
+
+def _strip_bos_space(data: bytearray, lead: list[int]) -> bytes:
+    """llama-cpp-python drops a leading space after a leading BOS (its `detokenize`)."""
+    return bytes(data[1:] if lead and data[:1] == b" " else data)
 
 
 def _complete_utf8(data: bytes) -> str:
