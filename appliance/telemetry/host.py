@@ -96,6 +96,7 @@ class PrimaryHost:
         self.retention = retention or Retention()
         self.max_payload_bytes = max_payload_bytes
         self.rejected: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()  # well-formed, but not for the host (or stale)
         self.received = 0
         self.announced = threading.Event()  # set once the broker took our STATE online
         self._clock = clock
@@ -153,7 +154,9 @@ class PrimaryHost:
             self._reject("topic", f"ignored message on {message.topic!r}: {exc}")
             return
         if topic.device is not None or topic.message_type == "NCMD":
-            return  # our own commands, and devices (boxes have none)
+            # commands to boxes (ours are not echoed: noLocal), and devices (boxes have none)
+            self.ignored["device" if topic.device is not None else "ncmd"] += 1
+            return
         self.received += 1
         handler = {"NBIRTH": self._birth, "NDATA": self._data, "NDEATH": self._death}
         handler[topic.message_type](topic, message.payload)
@@ -227,6 +230,7 @@ class PrimaryHost:
         if session is None or session.bdseq != bdseq or not session.online:
             current = None if session is None else session.bdseq
             log.info("stale NDEATH from %s ignored (bdSeq %d, current %s)", node, bdseq, current)
+            self.ignored["stale_ndeath"] += 1
             return
         self._offline(node, session, "NDEATH")
 
