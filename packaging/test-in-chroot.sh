@@ -86,6 +86,15 @@ trap cleanup EXIT
 mount -t proc proc "$R/proc" && mounted+=("$R/proc")
 mount --bind /dev "$R/dev" && mounted+=("$R/dev")
 in_root() { chroot "$R" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"; }
+
+phase "dependencies (apt)"
+# What `apt install ./appliance_*.deb` would pull in, installed before the snapshot so that
+# the purge check below sees only what the package itself leaves.
+cp /etc/resolv.conf "$R/etc/resolv.conf"
+mapfile -t deps < <(dpkg-deb -f "$DEB" Depends | tr ',' '\n' | sed 's/|.*//; s/(.*)//; s/[[:space:]]//g' | grep .)
+in_root apt-get update -qq >"$WORK/apt.log" 2>&1 || { cat "$WORK/apt.log" >&2; fail "apt-get update"; }
+in_root apt-get install -y -qq --no-install-recommends "${deps[@]}" >>"$WORK/apt.log" 2>&1 \
+    || { tail -20 "$WORK/apt.log" >&2; fail "installing the dependencies"; }
 snapshot() {  # every path in the root that a package could leave behind
     in_root find / -xdev \( -path /proc -o -path /dev -o -path /sys -o -path /tmp \
         -o -path /var/lib/dpkg -o -path /var/cache/debconf -o -path /var/log -o -path /run \) -prune \
@@ -101,6 +110,19 @@ grep -q "created /etc/appliance/edge.toml from the example" "$WORK/install.log" 
     || fail "postinst did not create /etc/appliance/edge.toml"
 
 phase "checks on the installed root"
+# Every native module of the venv loads (a damaged ELF, e.g. by strip, fails here).
+in_root /usr/lib/appliance/venv/bin/python3 - <<'EOF' || fail "native modules of the venv do not load"
+import ctypes, pathlib, sys
+bad = []
+for path in sorted(pathlib.Path(sys.prefix, "lib").rglob("*.so*")):
+    if path.is_file() and path.read_bytes()[:4] == b"\x7fELF":
+        try:
+            ctypes.CDLL(str(path))
+        except OSError as exc:
+            bad.append(f"{path}: {exc}")
+print("\n".join(bad), file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
 in_root appliance --version | grep -q . || fail "appliance --version"
 in_root appliance config check /etc/appliance/edge.toml || fail "config check of the created edge.toml"
 in_root cp /usr/share/appliance/aggregator.toml /tmp/aggregator.toml
