@@ -109,8 +109,9 @@ for script in "$SITE"/firmware_scripts/*; do
     sed -i "1s@^#!/usr/bin/env python3@#!$VENV/bin/python3@" "$script"
 done
 sed -i "s#^command = .*#command = $PYTHON -m venv $VENV#" "$STAGE_VENV/pyvenv.cfg"
-if grep -rlI "$PKG" "$PKG" | head -5 | grep .; then
-    say "the staging path is still written in the files above"; exit 1
+leaked=$(grep -rlI "$PKG" "$PKG" || true)
+if [ -n "$leaked" ]; then
+    say "the staging path is still written in: $leaked"; exit 1
 fi
 
 # No byte code (postinst compiles it; prerm removes it), stripped shared objects.
@@ -123,9 +124,12 @@ OVERRIDES=$WORK/lintian-overrides
 cp packaging/debian/appliance.lintian-overrides "$OVERRIDES"
 echo "# Left unstripped by build-deb.sh: patched by auditwheel (patchelf), strip would break them." >> "$OVERRIDES"
 while IFS= read -r -d '' lib; do
-    head -c4 "$lib" | grep -q 'ELF' || continue
-    if [[ $lib == *.libs/* ]] || readelf -d "$lib" | grep -E '\((RPATH|RUNPATH)\)' | grep -q '\.libs'; then
-        if readelf -S "$lib" | grep -q '\.symtab'; then
+    [ "$(head -c4 "$lib" | tail -c3)" = ELF ] || continue
+    # (whole outputs in variables: `readelf | grep -q` fails under pipefail when grep stops early)
+    dynamic=$(readelf -d "$lib")
+    sections=$(readelf -S "$lib")
+    if [[ $lib == *.libs/* || $dynamic =~ (RPATH|RUNPATH)\).*\.libs ]]; then
+        if [[ $sections == *.symtab* ]]; then
             echo "appliance: unstripped-binary-or-object [${lib#"$PKG"/}]" >> "$OVERRIDES"
         fi
         continue

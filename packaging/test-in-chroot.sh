@@ -123,11 +123,11 @@ for path in sorted(pathlib.Path(sys.prefix, "lib").rglob("*.so*")):
 print("\n".join(bad), file=sys.stderr)
 sys.exit(1 if bad else 0)
 EOF
-in_root appliance --version | grep -q . || fail "appliance --version"
+[ -n "$(in_root appliance --version)" ] || fail "appliance --version"
 in_root appliance config check /etc/appliance/edge.toml || fail "config check of the created edge.toml"
 in_root cp /usr/share/appliance/aggregator.toml /tmp/aggregator.toml
 in_root appliance config check /tmp/aggregator.toml || fail "config check of the aggregator example"
-in_root appliance model info builtin | grep -q "apache-2.0" || fail "the built-in model from /usr/share/appliance/models"
+[[ $(in_root appliance model info builtin) == *apache-2.0* ]] || fail "the built-in model from /usr/share/appliance/models"
 in_root appliance generate --model builtin --seed 1 --max-tokens 16 "The conveyor belt" >"$WORK/generate.txt" \
     || fail "llama.cpp (GGML_NATIVE=OFF) did not run the built-in model"
 # LoRA training goes through ggml-opt in the bundled libggml-base (ctypes): train a tiny model.
@@ -149,13 +149,14 @@ for unit in appliance-edge.service appliance-aggregator.service appliance-smart.
     awk -v s="$score" 'BEGIN { exit !(s != "" && s <= 5.0) }' || fail "$unit exposure '$score' > 5.0"
     echo "test-in-chroot: $unit exposure $score" >&2
 done
-in_root getent passwd appliance | grep -q ':/var/lib/appliance:' || fail "system user appliance"
+[[ $(in_root getent passwd appliance) == *:/var/lib/appliance:* ]] || fail "system user appliance"
 [ "$(in_root stat -c %U /var/lib/appliance)" = appliance ] || fail "/var/lib/appliance owner"
 [ -L "$R/etc/systemd/system/multi-user.target.wants/appliance-edge.service" ] || fail "edge unit not enabled"
 [ -L "$R/etc/systemd/system/timers.target.wants/appliance-smart.timer" ] || fail "smart timer not enabled"
-in_root dpkg -L appliance | grep -q __pycache__ && fail "the package ships __pycache__"
+[[ $(in_root dpkg -L appliance) == *__pycache__* ]] && fail "the package ships __pycache__"
 [ -n "$(find "$R/usr/lib/appliance/venv/lib" -name '*.pyc' -print -quit)" ] || fail "postinst compiled no byte code"
-grep -rlI "$ROOT/build" "$R/usr/lib/appliance" | head -3 | grep . && fail "build paths inside the venv"
+leaked=$(grep -rlI "$ROOT/build" "$R/usr/lib/appliance" || true)
+[ -z "$leaked" ] || fail "build paths inside the venv: $leaked"
 # Run as the daemon user would, from the private venv only (no system site-packages).
 in_root python3 -c 'import appliance' 2>/dev/null && fail "appliance leaked into the system Python"
 
