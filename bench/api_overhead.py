@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", nargs="*", choices=list(PROMPTS), help="default: all")
     parser.add_argument("--context", type=int, default=1024)
     args = parser.parse_args()
     model_path = str(resolve_model_path(args.model))
@@ -161,7 +162,10 @@ def main() -> None:
             )
             through_api(api, model_id, "warm up", 4)
             direct(llm, "warm up", 4)
-            rows = run(llm, api, model_id, args.repeats, args.max_tokens)
+            chosen = {p: PROMPTS[p] for p in args.prompts or PROMPTS}
+            rows = run(
+                llm, api, model_id, chosen, repeats=args.repeats, max_tokens=args.max_tokens
+            )
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -169,11 +173,17 @@ def main() -> None:
 
 
 def run(
-    llm: llama_cpp.Llama, api: openai.OpenAI, model_id: str, repeats: int, max_tokens: int
+    llm: llama_cpp.Llama,
+    api: openai.OpenAI,
+    model_id: str,
+    prompts: dict[str, str],
+    *,
+    repeats: int,
+    max_tokens: int,
 ) -> dict[str, dict[str, list[Sample]]]:
-    rows: dict[str, dict[str, list[Sample]]] = {p: {"direct": [], "api": []} for p in PROMPTS}
+    rows: dict[str, dict[str, list[Sample]]] = {p: {"direct": [], "api": []} for p in prompts}
     for repeat in range(repeats):
-        for name, prompt in PROMPTS.items():
+        for name, prompt in prompts.items():
             sides = ["direct", "api"] if repeat % 2 == 0 else ["api", "direct"]
             got = {}
             for side in sides:
@@ -187,7 +197,14 @@ def run(
             got["direct"].tokens = got["api"].tokens  # same text, same tokens
             for side in sides:
                 rows[name][side].append(got[side])
-        print(f"repeat {repeat + 1}/{repeats} done", file=sys.stderr)
+                sample = got[side]
+                print(  # progress, so a run cut short still leaves its samples
+                    f"repeat {repeat + 1} {name} {side}: TTFT {sample.ttft_s * 1000:.1f} ms, "
+                    f"decode {sample.decode_tps:.1f} tok/s, end-to-end {sample.e2e_tps:.1f} "
+                    f"tok/s, {sample.tokens} tokens",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return rows
 
 
