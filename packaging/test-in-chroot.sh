@@ -110,12 +110,15 @@ grep -q "created /etc/appliance/edge.toml from the example" "$WORK/install.log" 
     || fail "postinst did not create /etc/appliance/edge.toml"
 
 phase "checks on the installed root"
-# Every native module of the venv loads (a damaged ELF, e.g. by strip, fails here).
+# Every extension module of the venv and llama.cpp's libraries load, with what they pull in
+# (a damaged ELF, e.g. by strip, fails here).
 in_root /usr/lib/appliance/venv/bin/python3 - <<'EOF' || fail "native modules of the venv do not load"
 import ctypes, pathlib, sys
 bad = []
-for path in sorted(pathlib.Path(sys.prefix, "lib").rglob("*.so*")):
-    if path.is_file() and path.read_bytes()[:4] == b"\x7fELF":
+site = pathlib.Path(sys.prefix, "lib")
+paths = [*site.rglob("*.cpython-*.so"), *site.rglob("*.abi3.so"), *site.rglob("llama_cpp/lib/*.so")]
+for path in sorted(paths):
+    if path.is_file():
         try:
             ctypes.CDLL(str(path))
         except OSError as exc:
