@@ -40,7 +40,7 @@ class TrainingRun:
         self.records = records
         self.stop = threading.Event()
         self.progress: dict[str, object] = {}
-        self.paused = False
+        self._paused = threading.Event()  # the supervisor does not count paused time as a stall
         self._outcome: RunOutcome | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"train-{self.round_id}", daemon=True
@@ -52,7 +52,7 @@ class TrainingRun:
 
     def _run(self) -> None:
         try:
-            result = train(self.request, self.progress.update, self.stop)
+            result = train(self.request, self.progress.update, self.stop, self._paused)
             self._outcome = RunOutcome(result, None)
         except ApplianceError as exc:
             self._outcome = RunOutcome(None, str(exc))
@@ -61,12 +61,17 @@ class TrainingRun:
         """None while running."""
         return self._outcome if not self._thread.is_alive() else None
 
+    @property
+    def paused(self) -> bool:
+        """Whether the worker is frozen by `pause`."""
+        return self._paused.is_set()
+
     def pause(self, why: str) -> None:
         """Freeze the worker process (SIGSTOP): it keeps its state and resumes where it was."""
         pid = self.progress.get("worker_pid")
         if isinstance(pid, int) and not self.paused:
+            self._paused.set()
             os.kill(pid, signal.SIGSTOP)
-            self.paused = True
             log.warning("round %s: training paused: %s", self.round_id, why)
 
     def resume(self) -> None:
@@ -74,7 +79,7 @@ class TrainingRun:
         pid = self.progress.get("worker_pid")
         if isinstance(pid, int) and self.paused:
             os.kill(pid, signal.SIGCONT)
-            self.paused = False
+            self._paused.clear()
             log.info("round %s: training resumed", self.round_id)
 
     def join(self, timeout_s: float) -> None:

@@ -94,6 +94,35 @@ def test_a_hung_worker_is_killed_after_the_stall_timeout(
     assert_untouched(previous, content)
 
 
+def test_a_worker_paused_on_purpose_longer_than_the_stall_timeout_is_not_killed(
+    tiny_f32: Path, corpus: Path, tmp_path: Path
+) -> None:
+    paused = threading.Event()
+    frozen: list[int] = []
+
+    def thaw(pid: int) -> None:
+        os.kill(pid, signal.SIGCONT)
+        paused.clear()
+
+    def freeze(event: dict[str, Any]) -> None:
+        if event["event"] == "step" and event["step"] == 1 and not frozen:
+            frozen.append(event["worker_pid"])
+            paused.set()
+            os.kill(event["worker_pid"], signal.SIGSTOP)
+            threading.Timer(5.0, thaw, args=(event["worker_pid"],)).start()
+
+    request = TrainingRequest(
+        tiny_f32,
+        corpus,
+        tmp_path / "a.gguf",
+        tiny_settings(max_steps=3),
+        tmp_path,
+        stall_timeout_s=2,
+    )
+    result = train(request, freeze, paused=paused)
+    assert frozen and result.steps == 3 and not result.stopped
+
+
 def test_sigterm_to_the_parent_stops_at_a_step_boundary_with_a_valid_adapter(
     tiny_f32: Path, corpus: Path, tmp_path: Path
 ) -> None:

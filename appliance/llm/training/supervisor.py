@@ -68,16 +68,20 @@ def train(
     request: TrainingRequest,
     on_progress: Progress | None = None,
     stop: threading.Event | None = None,
+    paused: threading.Event | None = None,
 ) -> TrainingResult:
     """Prepare, run the worker, and return what it produced; `TrainingError` otherwise.
 
     Setting `stop` (from any thread) asks the worker to stop at its next step boundary, as
-    SIGTERM does when this runs in the main thread.
+    SIGTERM does when this runs in the main thread. While `paused` is set the caller has frozen
+    the worker on purpose (health gate, inference first): that time is not a stall.
     """
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="appliance-train-") as work:
         job, facts = prepare(request, Path(work))
-        supervision = _Supervision(job, request.stall_timeout_s, on_progress or _ignore, stop)
+        supervision = _Supervision(
+            job, request.stall_timeout_s, on_progress or _ignore, stop, paused
+        )
         result = supervision.run()
     return TrainingResult(**facts, **result, seconds=time.monotonic() - began)
 
@@ -176,9 +180,11 @@ class _Supervision:
         stall_timeout_s: float,
         on_progress: Progress,
         stop: threading.Event | None = None,
+        paused: threading.Event | None = None,
     ) -> None:
         self.job = job
         self.stop = stop
+        self.paused = paused
         self._stop_sent = False
         self.stall_timeout_s = stall_timeout_s
         self.on_progress = on_progress
@@ -224,7 +230,9 @@ class _Supervision:
             try:
                 message = self.messages.get(timeout=POLL_S)
             except queue.Empty:
-                if time.monotonic() - last_news > self.stall_timeout_s:
+                if self.paused is not None and self.paused.is_set():
+                    last_news = time.monotonic()
+                elif time.monotonic() - last_news > self.stall_timeout_s:
                     process.kill()
                     process.wait()
                     self._remove_partial_output()
