@@ -50,6 +50,7 @@ from appliance.telemetry.fleet_host import FleetHealthService
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.outbox import Priority
 from appliance.transport.receiver import ReceivedArtifact
+from appliance.transport.rejects import RejectedError, record_rejection
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +108,10 @@ class AggregatorService:
         manifest = artifact.manifest
         round_id = str(manifest.meta.get("round_id", ""))
         if manifest.kind not in ("update", MASKED_UPDATE) or not round_id:
-            log.warning(
-                "ignored artifact %s of kind %r from %s",
-                manifest.artifact_id,
-                manifest.kind,
-                manifest.sender,
-            )
+            detail = f"artifact {manifest.artifact_id} of kind {manifest.kind!r} without a round"
+            if manifest.kind not in ("update", MASKED_UPDATE):
+                detail = f"artifact {manifest.artifact_id} of unexpected kind {manifest.kind!r}"
+            self._count_rejection("artifact", manifest.sender, "unexpected_artifact", detail)
             return
         # The file in the inbox is the hand-over: the receiver acknowledges the artifact after
         # this returns, so it must survive a crash before the update reaches the round store.
@@ -345,12 +344,21 @@ class AggregatorService:
 
     def _take_evaluation(self, evaluation: Evaluation, signer: str) -> None:
         if evaluation.node_id != signer:
-            log.warning(
-                "evaluation signed by %s claims to be from %s; ignored", signer, evaluation.node_id
-            )
+            detail = f"signed by {signer} but claims to be from {evaluation.node_id}"
+            self._count_rejection("evaluation", signer, "claims_other_node", detail)
             return
         self.audit.append("evaluation", evaluation.model_dump(mode="json"))
         self.rollout.take(evaluation, time.time())
+
+    def _count_rejection(self, what: str, sender: str, reason: str, detail: str) -> None:
+        """Log and count a refusal the transport could not see (it passed its checks)."""
+        record_rejection(
+            log,
+            self.transport.client.counters,
+            what,
+            f"from {sender}",
+            RejectedError(reason, detail),
+        )
 
     # -- closing a round -----------------------------------------------------------------------
 

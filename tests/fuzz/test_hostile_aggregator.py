@@ -64,6 +64,7 @@ from tests.transport.forge import manifest_for, sealed_text
 
 HOSTILE = 10_000
 ROGUE_UPDATES = 10
+ROGUE_OTHER = 2  # a validly signed evaluation claiming another box; an artifact of a junk kind
 WAIT_S = 240.0
 BOXES = ("box-1", "box-2", "box-3")
 
@@ -520,7 +521,7 @@ REASONS = (
     "rejected.future", "rejected.oversize", "rejected.sender_mismatch", "rejected.bad_topic",
     "rejected.replay", "ignored.unknown_transfer", "want.unknown_artifact",
     "ack.unknown_artifact", "sparkplug.rejected.unborn", "sparkplug.rejected.nbirth",
-    "audit.update_rejected",
+    "audit.update_rejected", "rejected.claims_other_node", "rejected.unexpected_artifact",
 )
 
 
@@ -528,7 +529,7 @@ def assert_every_message_refused(
     running: RunningAggregator, service: AggregatorService, storm: Storm, baseline: int
 ) -> None:
     """No crash, nothing escaped a handler, each hostile message counted exactly once."""
-    expected = HOSTILE + ROGUE_UPDATES
+    expected = HOSTILE + ROGUE_UPDATES + ROGUE_OTHER
     counts = settle(lambda: refusals(service, service.audit.path), baseline + expected)
     assert total(counts) - baseline == expected, json.dumps([counts, storm.attacker.kinds])
     assert not running.crashed, running.crashed
@@ -586,6 +587,12 @@ def test_aggregator_survives_10000_hostile_messages_during_an_honest_round(
         for i in range(ROGUE_UPDATES):  # garbage, and a well-formed update from a non-participant
             data = boxes[0].sent[0] if i % 2 else attacker._bytes(3000)
             rogue.sender.send_artifact("update", data, [AGGREGATOR], meta={"round_id": round_id})
+        rogue.publish("evaluation", Evaluation(
+            round_id=round_id, global_version=1, node_id=boxes[0].node_id, heldout_tokens=10,
+            nll_base=2.0, nll_global=1.0, activated=True,
+        ))
+        rogue.sender.send_artifact("junk", boxes[0].sent[0], [AGGREGATOR],
+                                   meta={"round_id": round_id})
         storm.flood(HOSTILE // 2)
         wait_until(lambda: audit_data(audit, "round_aggregated"), "the honest round")
         attacker.replaying = True  # replays of what the honest boxes delivered are refused too
