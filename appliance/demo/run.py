@@ -69,8 +69,7 @@ def run_demo(
             options = replace(options, codec=codec)
         layout = lay_out(root, options)
         processes = [spawn_node(layout, node) for node in (AGGREGATOR, *layout.boxes)]
-        for process in processes:
-            stack.callback(stop_process, process)
+        stack.callback(stop_processes, processes)
         summaries = _follow(layout, processes, rounds, timeout_s, quiet)
         return {
             "model": model,
@@ -152,10 +151,20 @@ def _note_round_times(
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+    stop_processes([process])
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to all at once, so their shutdowns (finishing a training step, flushing the
+    outbox) overlap instead of adding up; whatever is still running after the timeout is
+    killed."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for process in processes:
         try:
-            process.wait(timeout=STOP_TIMEOUT_S)
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
