@@ -54,7 +54,9 @@ def run_demo(
     training: dict[str, object] | None = None,
 ) -> dict[str, Any]:
     """Run the whole system; returns the JSON summary. Ctrl-C or SIGTERM stop every process."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and children inherit that.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _interrupt)
     with ExitStack() as stack:
         root = directory or Path(
             stack.enter_context(tempfile.TemporaryDirectory(prefix="appliance-demo-"))
