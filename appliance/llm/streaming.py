@@ -10,15 +10,15 @@ Stop strings are enforced on the decoded text (the first one found ends the gene
 `max_tokens` is a hard limit on sampled tokens.
 """
 
-import ctypes
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from appliance.errors import ModelError
-from appliance.llm.native import lib, llama_cpp
+from appliance.llm.native import llama_cpp
 from appliance.llm.runtime import Runtime
+from appliance.llm.texts import apply_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -184,26 +184,6 @@ class StreamingRuntime(Runtime):
         if rendered is None:
             raise ChatTemplateError("llama.cpp does not know this model's chat template")
         return rendered
-
-
-def apply_chat_template(template: str, messages: Sequence[tuple[str, str]]) -> str | None:
-    """Render `messages` with a template (Jinja text or built-in name); None if unknown."""
-    keep = [(role.encode(), content.encode()) for role, content in messages]
-    chat = (lib.llama_chat_message * max(len(keep), 1))(
-        *[lib.llama_chat_message(r, c) for r, c in keep]
-    )
-    size = 2 * sum(len(r) + len(c) for r, c in keep) + 256
-    for _ in range(2):
-        buffer = ctypes.create_string_buffer(size)
-        needed = lib.llama_chat_apply_template(
-            template.encode(), chat, len(keep), True, buffer, size
-        )
-        if needed < 0:
-            return None
-        if needed <= size:
-            return buffer.raw[:needed].decode("utf-8", errors="replace")
-        size = needed
-    return None
 
 
 def _strip_bos_space(data: bytearray, lead: list[int]) -> bytes:

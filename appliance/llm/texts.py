@@ -8,6 +8,7 @@ template (the tiny test model) gets the prompt and the completion on consecutive
 
 import ctypes
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.data.records import Record
@@ -33,21 +34,32 @@ def record_text(record: Record, template: str | None) -> str:
     prompt, completion = record.prompt or "", record.completion or ""
     if template is None:
         return f"{prompt}\n{completion}"
-    rendered = _apply_template(template, [("user", prompt), ("assistant", completion)])
+    rendered = apply_chat_template(
+        template, [("user", prompt), ("assistant", completion)], add_assistant=False
+    )
     if rendered is None:
         log.warning("llama.cpp does not know this chat template; using plain prompt/completion")
         return f"{prompt}\n{completion}"
     return rendered
 
 
-def _apply_template(template: str, messages: list[tuple[str, str]]) -> str | None:
+def apply_chat_template(
+    template: str, messages: Sequence[tuple[str, str]], add_assistant: bool = True
+) -> str | None:
+    """Render `messages` with a template (Jinja text or built-in name); None if unknown.
+
+    `add_assistant` appends the assistant turn's opening, for prompting a reply; training
+    records already hold the assistant's answer and leave it off.
+    """
     keep = [(role.encode(), content.encode()) for role, content in messages]
-    chat = (lib.llama_chat_message * len(keep))(*[lib.llama_chat_message(r, c) for r, c in keep])
+    chat = (lib.llama_chat_message * max(len(keep), 1))(
+        *[lib.llama_chat_message(r, c) for r, c in keep]
+    )
     size = 2 * sum(len(r) + len(c) for r, c in keep) + 256
     for _ in range(2):
         buffer = ctypes.create_string_buffer(size)
         needed = lib.llama_chat_apply_template(
-            template.encode(), chat, len(keep), False, buffer, size
+            template.encode(), chat, len(keep), add_assistant, buffer, size
         )
         if needed < 0:
             return None
