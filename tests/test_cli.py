@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from appliance import __version__
+from appliance.llm.abi import HOW_TO_BUILD
 from appliance.llm.tiny import TINY_QUANTS
 
 
@@ -167,7 +168,7 @@ def test_wrong_llama_cpp_python_version_stops_with_one_clear_message(
     assert result.stderr.strip() == (
         "appliance: error: llama-cpp-python 0.3.99 is installed but appliance needs exactly "
         "0.3.36: it uses llama.cpp's C structs, whose layout differs between releases. "
-        "Run: pip install 'llama-cpp-python==0.3.36'"
+        f"To fix: {HOW_TO_BUILD}"
     )
     assert (
         run(

@@ -1,4 +1,5 @@
-"""The one place that imports llama_cpp: ABI check first, then llama.cpp's log bridged to ours.
+"""The one place that imports llama_cpp: ABI and patch checks first, then llama.cpp's log
+bridged to ours.
 
 llama-cpp-python's own log callback maps ggml levels with an outdated table and, with
 `verbose=False`, swallows the error lines that explain why a model or adapter was refused.
@@ -11,12 +12,14 @@ import ctypes
 import logging
 import threading
 
-from appliance.llm.abi import check_llama_cpp_python
+from appliance.llm.abi import check_llama_cpp_python, check_patched_build
 
 check_llama_cpp_python()
 
 import llama_cpp  # noqa: E402  (after the ABI check, on purpose)
 from llama_cpp import llama_cpp as lib  # noqa: E402
+
+check_patched_build(lib._lib)
 
 log = logging.getLogger("appliance.llama")
 

@@ -1,9 +1,9 @@
 """The trainer's updates against finite-difference gradients from llama.cpp forward passes.
 
 One SGD step must move each factor entry by -eta times its gradient. Several steps must match
-a numpy optimizer fed with per-step finite-difference gradients: this build of ggml-opt
-accumulates gradients across steps unless the engine zeroes them (research note, section 8),
-which a one-step check cannot see.
+a numpy optimizer fed with per-step finite-difference gradients: stock ggml-opt accumulates
+gradients across steps (research note, section 8), which a one-step check cannot see; patch
+0003-ggml-opt-zero-gradients-after-step fixes it, and these tests fail without it.
 """
 
 from collections.abc import Iterator

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import llama_cpp
 
+from appliance.llm.abi import HOW_TO_BUILD
 from appliance.llm.opt_abi import (
     EXPECTED_SIZES,
     GgmlTensor,
@@ -50,5 +51,5 @@ def test_another_llama_cpp_python_version_fails_at_import_with_one_message(tmp_p
     assert done.stdout.strip() == (
         "llama-cpp-python 0.3.99 is installed but appliance needs exactly 0.3.36: it uses "
         "llama.cpp's C structs, whose layout differs between releases. "
-        "Run: pip install 'llama-cpp-python==0.3.36'"
+        f"To fix: {HOW_TO_BUILD}"
     )

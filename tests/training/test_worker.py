@@ -214,3 +214,24 @@ def test_a_stop_event_from_another_thread_stops_at_a_step_boundary(
     adapter = read_adapter(tmp_path / "a.gguf")
     assert adapter.metadata["appliance.training.steps"] == result.steps
     assert adapter.metadata["appliance.training.stopped"] is True
+
+
+def test_only_the_worker_runs_with_passive_openmp_threads(
+    tiny_f32: Path, corpus: Path, tmp_path: Path
+) -> None:
+    """ggml's and OpenBLAS's thread pools must not spin against each other in the trainer,
+    but the setting must not leak into the daemon (it slows other OpenMP users)."""
+    seen: list[dict[str, str]] = []
+
+    def read_worker_environment(event: dict[str, Any]) -> None:
+        if event["event"] == "step" and not seen:
+            raw = Path(f"/proc/{event['worker_pid']}/environ").read_bytes()
+            seen.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if item))
+
+    request = TrainingRequest(
+        tiny_f32, corpus, tmp_path / "a.gguf", tiny_settings(epochs=1), tmp_path / "c"
+    )
+    assert "OMP_WAIT_POLICY" not in os.environ
+    train(request, read_worker_environment)
+    assert seen[0]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in os.environ

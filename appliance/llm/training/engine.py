@@ -6,11 +6,9 @@ scheduler callback sees them as sources of the graph's nodes - are marked with
 `ggml_set_param`. Each optimizer step is one `llama_opt_epoch` over a one-row dataset, which
 gives Python a step boundary for progress, learning-rate changes and stopping.
 
-The gradient-accumulation fix: in this llama.cpp build ggml-opt never zeroes its gradient
-accumulators between steps (dynamic graphs, opt_period 1), so step k would apply the sum of
-all gradients so far. The same scheduler callback records, for every node named
-"<optimizer> step for <param>", its src[1]: the persistent accumulator. After each step we
-zero exactly those regions; optimizer moments are separate tensors and keep their state.
+Gradients are reset between steps by ggml-opt itself on the project's build (patch
+0003-ggml-opt-zero-gradients-after-step): stock llama.cpp accumulates them across steps in
+this mode, so step k would apply the sum of all gradients so far.
 
 Any GGML_ASSERT here aborts the process: run this only inside the trainer worker.
 """
@@ -42,7 +40,6 @@ log = logging.getLogger(__name__)
 
 Optimizer = Literal["adamw", "sgd"]
 GGML_TYPE_F32_KV = 0
-OPTIMIZER_STEP_MARK = b" step for "
 ADAMW_BETA1, ADAMW_BETA2, ADAMW_EPS = 0.9, 0.999, 1e-8
 _backend_ready = False
 
@@ -100,7 +97,6 @@ class AdapterContext:
         self, model: TrainingModel, adapter: ctypes.c_void_p, n_ctx: int, threads: int
     ) -> None:
         self.tensors: dict[str, int] = {}
-        self.gradients: dict[bytes, tuple[int, int]] = {}
         self.scan_done = False
         """Set once everything is found: the callback then returns at once (it runs per node)."""
         self._eval_callback = EvalCallback(self._on_node)
@@ -123,19 +119,11 @@ class AdapterContext:
 
     def _on_node(self, tensor: int, ask: bool, _user_data: object) -> bool:
         if ask and not self.scan_done:
-            node = GgmlTensor.from_address(tensor)
-            if OPTIMIZER_STEP_MARK in node.name:
-                gradient = node.src[1]
-                self.gradients[node.name] = (
-                    GgmlTensor.from_address(gradient).data,
-                    int(abi.ggml_nbytes(gradient)),
-                )
-            else:
-                for source in node.src:
-                    if source:
-                        name = GgmlTensor.from_address(source).name
-                        if name.endswith((b".lora_a", b".lora_b")):
-                            self.tensors[name.decode()] = source
+            for source in GgmlTensor.from_address(tensor).src:
+                if source:
+                    name = GgmlTensor.from_address(source).name
+                    if name.endswith((b".lora_a", b".lora_b")):
+                        self.tensors[name.decode()] = source
         return False
 
     def probe(self, tokens: Sequence[int]) -> None:
@@ -203,6 +191,7 @@ class LoraTrainer(AdapterContext):
                 f"found {len(self.tensors)} adapter tensors in the graph, expected "
                 f"{2 * expected_pairs}: this llama.cpp build attaches adapters differently"
             )
+        self.scan_done = True  # the tensors are found: the per-node callback returns at once
         self.trainable = sorted(n for n in self.tensors if not (freeze_a and n.endswith("_a")))
         for name in self.trainable:
             abi.ggml_set_param(self.tensors[name])
@@ -230,24 +219,11 @@ class LoraTrainer(AdapterContext):
         abi.llama_opt_epoch(
             self.handle, self._row, self._train_result, self._eval_result, 1, None, None
         )
-        self._zero_gradients()
         self.steps += 1
         loss = abi.result_loss(self._train_result)
         if not np.isfinite(loss):
             raise TrainingError(f"training loss became {loss} at step {self.steps}")
         return loss
-
-    def _zero_gradients(self) -> None:
-        if len(self.gradients) != len(self.trainable):
-            raise TrainingError(
-                f"saw the gradients of {len(self.gradients)} of {len(self.trainable)} trainable "
-                "tensors; cannot zero them between steps (ggml-opt graph naming changed?)"
-            )
-        for address, size in self.gradients.values():
-            ctypes.memset(address, 0, size)
-        # the accumulators live in ggml-opt's static buffer, allocated on the first step: their
-        # addresses do not change, so the per-node scan can stop
-        self.scan_done = True
 
     def evaluate(self, data: np.ndarray, labels: np.ndarray) -> float:
         """Mean loss over windows, forward only (after at least one step: ggml-opt allocates

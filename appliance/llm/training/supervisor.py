@@ -171,6 +171,23 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
     return job, facts
 
 
+WORKER_ENVIRONMENT = {
+    # an assert's line, not a gdb session
+    "GGML_NO_BACKTRACE": "1",
+    # ggml's OpenMP workers sleep between parallel regions instead of spinning while
+    # OpenBLAS's own threads run the backward's sgemm (measured: docs/benchmarks.md,
+    # "Training engine"). Only the worker gets it: it slows other OpenMP users, PyTorch by ~20%.
+    "OMP_WAIT_POLICY": "PASSIVE",
+}
+"""Set for the trainer worker only, over the parent's environment (an operator's own
+OMP_WAIT_POLICY wins)."""
+
+
+def worker_environment() -> dict[str, str]:
+    """The trainer worker's environment: ours, then the parent's on top where it sets one."""
+    return {**WORKER_ENVIRONMENT, **os.environ, "GGML_NO_BACKTRACE": "1"}
+
+
 class _Supervision:
     """One worker process, followed until it ends."""
 
@@ -198,7 +215,7 @@ class _Supervision:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches only us; we decide what the worker gets
-            env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # an assert's line, not a gdb session
+            env=worker_environment(),
         )
         assert process.stdin and process.stdout and process.stderr
         readers = [
