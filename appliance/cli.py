@@ -70,13 +70,24 @@ def _add_config_commands(commands: Any) -> None:
 
 
 def _add_model_commands(commands: Any) -> None:
-    from appliance.llm.tiny import TINY_QUANTS
+    from appliance.llm.tiny import ALL_TINY_QUANTS, ARCHITECTURES
 
     model = commands.add_parser("model", help="make and inspect GGUF models")
     sub = model.add_subparsers(title="model commands", metavar="COMMAND")
-    tiny = sub.add_parser("make-tiny", help="write a tiny random llama GGUF (for tests)")
+    tiny = sub.add_parser("make-tiny", help="write a tiny random GGUF model (for tests)")
     tiny.add_argument("out", type=Path, help="output .gguf file")
-    tiny.add_argument("--quant", choices=TINY_QUANTS, default="f32", help="block weight type")
+    tiny.add_argument(
+        "--arch",
+        choices=list(ARCHITECTURES),
+        default="llama",
+        help="architecture: " + "; ".join(f"{a.name}: {a.special}" for a in ARCHITECTURES.values()),
+    )
+    tiny.add_argument(
+        "--quant",
+        choices=ALL_TINY_QUANTS,
+        default="f32",
+        help="block weight type (q4_k: Q4_K_M made by llama.cpp's quantizer)",
+    )
     tiny.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     tiny.set_defaults(handler=_model_make_tiny)
     info = sub.add_parser("info", help="architecture, sizes, quantisation, licence, sha256")
@@ -228,8 +239,8 @@ def _config_check(args: argparse.Namespace) -> int:
 def _model_make_tiny(args: argparse.Namespace) -> int:
     from appliance.llm.tiny import make_tiny_model
 
-    path = make_tiny_model(args.out, args.quant, seed=args.seed)
-    print(f"wrote {path} ({path.stat().st_size} bytes, {args.quant})")
+    path = make_tiny_model(args.out, args.quant, seed=args.seed, arch=args.arch)
+    print(f"wrote {path} ({path.stat().st_size} bytes, {args.arch}, {args.quant})")
     return 0
 
 
