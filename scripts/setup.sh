@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(mosquitto mosquitto-clients build-essential cmake python3-venv python3-dev pkg-config libopenblas-dev chromium libsystemd-dev systemd shellcheck)
+APT_PACKAGES=(mosquitto mosquitto-clients build-essential cmake python3-venv python3-dev pkg-config libopenblas-dev libopenblas0-openmp chromium libsystemd-dev systemd shellcheck)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -65,10 +65,10 @@ class TrainingSettings(Section):
         "travels and boxes' updates add up exactly.",
     )
     base_precision: Literal["same", "q8_0", "f32"] = Field(
-        default="q8_0",
-        description="Precision of the training copy of the base model (`same` trains on the "
-        "served file). Back-propagating through Q4 weights is slow; the copy is made once and "
-        "cached in the state directory.",
+        default="same",
+        description="Precision the base model is trained in: `same` trains on the served file "
+        "(as fast as a copy on the project's llama.cpp build, docs/benchmarks.md); `q8_0` or "
+        "`f32` make a training copy once, cached in the state directory.",
     )
     threads: int = Field(default=0, ge=0, le=1024, description="Training threads; 0 = all cores.")
     nice: int = Field(default=10, ge=0, le=19, description="Nice level of the trainer worker.")

@@ -36,7 +36,7 @@ BUILTIN_TRAINING = {
     "learning_rate": 0.008,
     "max_steps": 4,
     "top_layers": 8,
-    "base_precision": "q8_0",
+    "base_precision": "same",
     "threads": 1,
     "window_tokens": 256,
 }

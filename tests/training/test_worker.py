@@ -15,6 +15,7 @@ import pytest
 from appliance.config.training import TrainingSettings
 from appliance.errors import TrainingError
 from appliance.llm.adapters import read_adapter
+from appliance.llm.training.blas_threads import openmp_openblas_path
 from appliance.llm.training.supervisor import TrainingRequest, train
 from tests.lora_helpers import attention_shapes, write_random_adapter
 from tests.training.conftest import tiny_settings
@@ -216,22 +217,28 @@ def test_a_stop_event_from_another_thread_stops_at_a_step_boundary(
     assert adapter.metadata["appliance.training.stopped"] is True
 
 
-def test_only_the_worker_runs_with_passive_openmp_threads(
+def test_only_the_worker_runs_with_one_passive_thread_pool(
     tiny_f32: Path, corpus: Path, tmp_path: Path
 ) -> None:
-    """ggml's and OpenBLAS's thread pools must not spin against each other in the trainer,
-    but the setting must not leak into the daemon (it slows other OpenMP users)."""
-    seen: list[dict[str, str]] = []
+    """ggml's and OpenBLAS's thread pools must not spin against each other in the trainer
+    (OpenMP OpenBLAS, passive waits), but neither choice may leak into the daemon."""
+    environments: list[dict[str, str]] = []
+    maps: list[str] = []
 
-    def read_worker_environment(event: dict[str, Any]) -> None:
-        if event["event"] == "step" and not seen:
+    def read_worker(event: dict[str, Any]) -> None:
+        if event["event"] == "step" and not maps:
             raw = Path(f"/proc/{event['worker_pid']}/environ").read_bytes()
-            seen.append(dict(item.split("=", 1) for item in raw.decode().split("\0") if item))
+            environments.append(dict(i.split("=", 1) for i in raw.decode().split("\0") if i))
+            maps.append(Path(f"/proc/{event['worker_pid']}/maps").read_text())
 
     request = TrainingRequest(
         tiny_f32, corpus, tmp_path / "a.gguf", tiny_settings(epochs=1), tmp_path / "c"
     )
     assert "OMP_WAIT_POLICY" not in os.environ
-    train(request, read_worker_environment)
-    assert seen[0]["OMP_WAIT_POLICY"] == "PASSIVE"
+    train(request, read_worker)
+    assert environments[0]["OMP_WAIT_POLICY"] == "PASSIVE"
     assert "OMP_WAIT_POLICY" not in os.environ
+    if not openmp_openblas_path().is_file():
+        pytest.skip("libopenblas0-openmp is not installed (scripts/setup.sh installs it)")
+    assert str(openmp_openblas_path().parent) in maps[0]
+    assert "openblas-openmp" not in Path("/proc/self/maps").read_text()

@@ -1,11 +1,13 @@
-"""The training copy of a base model in a faster precision, made once and cached.
+"""The training copy of a base model in another precision, made once and cached.
 
-Back-propagating through quantized weights is the slow part of LoRA training on a CPU
-(ggml dequantizes the same rows again and again): on SmolLM2-135M a Q8_0 copy of a Q4_1
-model trains ~2.8x faster, an F32 copy ~5.5x. The copy is made with the `gguf` package from
-the served file, cached under the state directory as `<sha256>-<precision>.gguf` (written
-atomically, so a crash never leaves a half copy that looks valid), and only used to train:
-the adapter is served on the original model.
+On stock llama.cpp back-propagating through quantized weights was the slow part of LoRA
+training on a CPU (ggml dequantized the same rows once per token), and a Q8_0 or F32 copy
+trained 2.8x / 5.5x faster. The project's build (patches 0002, 0004) dequantizes once per op,
+so the served file trains as fast as a copy and the default is `same` (docs/benchmarks.md);
+a copy remains an option (`training.base_precision`). The copy is made with the `gguf`
+package from the served file, cached under the state directory as
+`<sha256>-<precision>.gguf` (written atomically, so a crash never leaves a half copy that
+looks valid), and only used to train: the adapter is served on the original model.
 """
 
 import fcntl

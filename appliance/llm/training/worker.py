@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from appliance.errors import ApplianceError
+from appliance.llm.training.blas_threads import load_openmp_openblas
 
 EXIT_FAILED = 3
 
@@ -57,6 +58,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     logging.getLogger("appliance.llama").setLevel(logging.WARNING)  # keep the tail to the point
     try:
+        load_openmp_openblas()  # before llama.cpp is loaded: see blas_threads.py
         # imported here so that an ABI mismatch found at import becomes an `error` message
         from appliance.llm.training.job import TrainingJob  # noqa: PLC0415
         from appliance.llm.training.loop import run_job  # noqa: PLC0415
