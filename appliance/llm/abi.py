@@ -20,6 +20,7 @@ REQUIRED_LLAMA_PATCHES: tuple[str, ...] = (
     "0001-appliance-patch-marker",
     "0002-blas-out-prod-quantized-src0",
     "0003-ggml-opt-zero-gradients-after-step",
+    "0004-cpu-out-prod-quantized-once",
 )
 """The patch series (patches/llama.cpp/*.patch, by name, in order) the build must carry."""
 
