@@ -58,8 +58,10 @@ def test_train_on_builtin_lowers_heldout_nll_and_generate_uses_the_adapter(tmp_p
     assert result["bad_lines"] == [
         'line 6: expected the keys {"text"} or {"prompt", "completion"}, got {"prompt"}'
     ]
-    assert result["nll_gap"] is not None and abs(result["nll_gap"]) < 0.1
-    assert Path(str(result["train_model"])).parent == tmp_path / "cache"
+    assert result["nll_gap"] is None  # trained on the served file itself: no copy, no gap
+    # base_precision "same": the served file itself is trained on, nothing copied to the cache
+    assert not Path(str(result["train_model"])).is_relative_to(tmp_path / "cache")
+    assert list((tmp_path / "cache").glob("*.gguf")) == []
     assert result["adapter_bytes"] == out.stat().st_size
     prompt = FACTS[0][0]
     base = appliance(
