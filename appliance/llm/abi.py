@@ -21,6 +21,9 @@ REQUIRED_LLAMA_PATCHES: tuple[str, ...] = (
     "0002-blas-out-prod-quantized-src0",
     "0003-ggml-opt-zero-gradients-after-step",
     "0004-cpu-out-prod-quantized-once",
+    "0006-ggml-fused-swiglu-backward",
+    "0007-gelu-geglu-backward",
+    "0008-view-backward-contiguous-grad",
 )
 """The patch series (patches/llama.cpp/*.patch, by name, in order) the build must carry."""
 

@@ -31,11 +31,17 @@ from appliance.data.records import read_records
 from appliance.data.windows import split_heldout
 from appliance.errors import ModelError, TrainingError
 from appliance.llm.adapters import BASE_SHA256_KEY, MetadataValue, read_adapter, write_adapter
+from appliance.llm.architectures import check_trainable, resolve_targets
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import open_gguf, read_model_info, tensor_shapes
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.training.job import TrainingJob, TrainingResult
-from appliance.llm.training.lora_init import factors_from_adapter, initial_factors, target_shapes
+from appliance.llm.training.lora_init import (
+    block_weights,
+    factors_from_adapter,
+    initial_factors,
+    target_shapes,
+)
 from appliance.llm.training.memory import estimate_training_memory
 from appliance.llm.training.precision import training_copy
 
@@ -96,9 +102,10 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
     model = resolve_model_path(request.model)
     info = read_model_info(model, ModelError)
     (request.policy or LicensePolicy()).check(info)
-    shapes = target_shapes(
-        tensor_shapes(open_gguf(model, ModelError)), list(settings.targets), settings.top_layers
-    )
+    check_trainable(info.architecture)  # before any worker: llama.cpp would abort instead
+    base_shapes = tensor_shapes(open_gguf(model, ModelError))
+    shapes = target_shapes(base_shapes, list(settings.targets), settings.top_layers)
+    targets = resolve_targets(list(settings.targets), block_weights(base_shapes))
     if request.start_adapter is not None:
         adapter = read_adapter(request.start_adapter)
         made_for = adapter.metadata.get(BASE_SHA256_KEY)
@@ -138,7 +145,7 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
         BASE_SHA256_KEY: info.sha256,
         "appliance.lora.rank": settings.rank,
         "appliance.lora.alpha": settings.alpha,
-        "appliance.lora.targets": ",".join(settings.targets),
+        "appliance.lora.targets": ",".join(targets),
         "appliance.lora.top_layers": settings.top_layers,
         "appliance.lora.seed": settings.seed,
         "appliance.lora.frozen_a": settings.freeze_a,
