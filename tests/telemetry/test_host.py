@@ -261,11 +261,14 @@ def test_silence_marks_offline_and_long_offline_raises_an_alert(
     assert (alert.node, alert.rule, alert.severity) == ("box9", "box_offline", "critical")
     box.publish(topic("NBIRTH"), birth(bdseq=4), qos=0)
     wait_for(lambda: not reader().active_alerts(), "alert resolved when the box is back")
-    events = [
-        json.loads(seen.payload)
-        for seen in observer.where(topic=f"appliance/v1/{GROUP}/alert/scada/box9")
-    ]
-    assert [(e["rule"], e["state"]) for e in events] == [
+
+    def alert_events() -> list[dict[str, str]]:
+        seen = observer.where(topic=f"appliance/v1/{GROUP}/alert/scada/box9")
+        return [json.loads(message.payload) for message in seen]
+
+    # the store is updated before the resolved event reaches the observer through the broker
+    wait_for(lambda: len(alert_events()) >= 2, "the resolved event")
+    assert [(e["rule"], e["state"]) for e in alert_events()] == [
         ("box_offline", "firing"),
         ("box_offline", "resolved"),
     ]
