@@ -12,6 +12,11 @@ WINDOW_QUANTUM_TOKENS = 256
 must fill the context exactly, so window lengths are multiples of 256."""
 
 
+DEFAULT_TARGETS = ("attn_q", "attn_v")
+"""The query and value projections: `targets`' default, which on a model that fuses Q/K/V
+means the fused matrix (appliance/llm/architectures.py, resolve_targets)."""
+
+
 class TrainingSettings(Section):
     """LoRA hyper-parameters, resources of the trainer worker and precision of its base copy."""
 
@@ -20,7 +25,7 @@ class TrainingSettings(Section):
         default=16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / r."
     )
     targets: list[str] = Field(
-        default=["attn_q", "attn_v"],
+        default=list(DEFAULT_TARGETS),
         min_length=1,
         description="Linear weights that get adapters, by their GGUF name inside a block "
         "(`attn_q`, `attn_k`, `attn_v`, `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`).",

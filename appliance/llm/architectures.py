@@ -13,6 +13,7 @@ every entry on a tiny model of each quantisation.
 
 from dataclasses import dataclass
 
+from appliance.config.training import DEFAULT_TARGETS
 from appliance.errors import TrainingError
 from appliance.llm.abi import HOW_TO_BUILD, REQUIRED_LLAMA_PATCHES
 
@@ -60,8 +61,6 @@ PATCH_PURPOSE = {
     "0008": "backward of a view of a fused matrix",
 }
 
-DEFAULT_TARGETS = ("attn_q", "attn_v")
-"""training.targets' default (appliance/config/training.py): the query and value projections."""
 FUSED = {"attn_q": "attn_qkv", "attn_k": "attn_qkv", "attn_v": "attn_qkv", "ffn_gate": "ffn_up"}
 """Where a model fuses matrices, the matrix that holds each of them."""
 

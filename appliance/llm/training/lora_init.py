@@ -35,20 +35,21 @@ def target_shapes(
     """Base weights named `blk.N.<target>.weight`, with their numpy (n_out, n_in) shape;
     only in the top `top_layers` blocks when it is not 0. The default targets mean the fused
     matrix on a model that fuses them (architectures.resolve_targets)."""
-    blocks: list[tuple[str, str, int, int, int]] = []
-    for name, shape in base_shapes.items():
-        match = _BLOCK_WEIGHT.fullmatch(name)
-        if match and len(shape) == 2:
-            blocks.append((name, match.group(2), int(match.group(1)), *map(int, shape)))
-    present = {weight for _, weight, *_ in blocks}
+    present = block_weights(base_shapes)
     targets = resolve_targets(targets, present)
-    found = {name: (layer, n_out, n_in) for name, w, layer, n_out, n_in in blocks if w in targets}
     missing = [t for t in targets if t not in present]
     if missing:
         raise TrainingError(
             f"the model has no block weight named {', '.join(missing)}; "
             f"its linear weights are {', '.join(sorted(present))}{fused_hint(missing, present)}"
         )
+    found = {
+        name: (int(match.group(1)), int(shape[0]), int(shape[1]))
+        for name, shape in base_shapes.items()
+        if len(shape) == 2
+        and (match := _BLOCK_WEIGHT.fullmatch(name))
+        and match.group(2) in targets
+    }
     lowest = max(layer for layer, _, _ in found.values()) + 1 - top_layers if top_layers else 0
     return {
         name: (n_out, n_in)

@@ -104,8 +104,8 @@ def prepare(request: TrainingRequest, work_dir: Path) -> tuple[TrainingJob, dict
     (request.policy or LicensePolicy()).check(info)
     check_trainable(info.architecture)  # before any worker: llama.cpp would abort instead
     base_shapes = tensor_shapes(open_gguf(model, ModelError))
-    shapes = target_shapes(base_shapes, list(settings.targets), settings.top_layers)
     targets = resolve_targets(list(settings.targets), block_weights(base_shapes))
+    shapes = target_shapes(base_shapes, targets, settings.top_layers)
     if request.start_adapter is not None:
         adapter = read_adapter(request.start_adapter)
         made_for = adapter.metadata.get(BASE_SHA256_KEY)
