@@ -18,7 +18,7 @@ from pathlib import Path
 
 from appliance.aggregator.strategy import build_strategy
 from appliance.config import AggregatorConfig
-from appliance.errors import ModelError
+from appliance.errors import AdapterError, ModelError
 from appliance.federation.audit import AuditLog
 from appliance.federation.codec import CodecSpec, DecodeError, decode_update
 from appliance.federation.global_adapter import (
@@ -44,6 +44,7 @@ from appliance.privacy.secagg import SecAggError, secure_fedavg
 from appliance.privacy.secagg.daemon import SecureRounds
 from appliance.privacy.secagg.session import MASKED_UPDATE
 from appliance.rollout.controller import Actions, Rollout
+from appliance.system.failpoints import failpoint
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.fleet_host import FleetHealthService
@@ -84,7 +85,8 @@ class AggregatorService:
         self._inbox.mkdir(exist_ok=True)
         inbox = [*self._inbox.glob("*.update"), *self._inbox.glob("*.masked")]
         for pending in sorted(inbox, key=lambda p: p.stat().st_mtime):
-            sender, round_id, _artifact_id, _suffix = pending.name.split(".")
+            # a node id may hold dots; round and artifact ids never do
+            sender, round_id, _artifact_id, _suffix = pending.name.rsplit(".", 3)
             self._events.put(_IncomingUpdate(sender, round_id, pending))
         self._next_round_at = 0.0
         self._announced_at = 0.0
@@ -101,6 +103,8 @@ class AggregatorService:
         self.secure = SecureRounds(self.transport, self.trust, config.fleet.secure_aggregation)
         self._secure_round: Round | None = None  # committed, waiting for seed reveals
         self.health = FleetHealthService(config)
+        if (open_round := self.store.current()) is not None:
+            self._audit_opened(open_round)
 
     # -- transport callbacks (worker thread): queue only ------------------------------------
 
@@ -144,6 +148,7 @@ class AggregatorService:
         self._drain_events(now)
         self.secure.tick(now)
         self._finish_secure(now)
+        self._finish_unfinished(now)
         self._follow_rollout(now)
         changed = self.store.advance(now)
         if changed is not None:
@@ -182,6 +187,7 @@ class AggregatorService:
             (limit == 0 or done < limit)
             and now >= self._next_round_at
             and self._secure_round is None
+            and not self.store.unfinished()
             and bool(self.participants())
             and self.rollout.waiting() is None
         )
@@ -204,22 +210,26 @@ class AggregatorService:
             rules.deadline_s,
         )
         set_fields(ROUND=round_id)  # journal field: the round opened last
-        self._announce(self.store.open_round(spec, now), Priority.NORMAL)
-        self.audit.append(
-            "round_opened",
-            {
-                "round_id": round_id,
-                "global_version": self.current.version,
-                "participants": list(participants),
-                "plan": spec.plan,
-            },
-        )
+        round_ = self.store.open_round(spec, now)
+        self._audit_opened(round_)
+        self._announce(round_, Priority.NORMAL)
         log.info(
             "round %s opened for %d boxes (global adapter v%d)",
             round_id,
             len(participants),
             self.current.version,
         )
+
+    def _audit_opened(self, round_: Round) -> None:
+        """Audit a round's opening once (also at a start after a crash that came between the
+        store and the audit log)."""
+        record = {
+            "round_id": round_.round_id,
+            "global_version": round_.global_version,
+            "participants": list(round_.participants),
+            "plan": round_.plan,
+        }
+        self.audit.append_once("round_opened", record, "round_id")
 
     def _plan(self) -> TrainingPlan:
         training, codec = self.config.training, self.config.fleet.codec
@@ -274,11 +284,18 @@ class AggregatorService:
                 self._take_evaluation(*event)
 
     def _take_update(self, incoming: _IncomingUpdate, now: float) -> None:
+        """Store one update; its inbox file goes only once the store has it (a crash in
+        between offers it again at the next start, and the store counts it once)."""
+        failpoint("aggregator.update_received")
         blob = incoming.path.read_bytes()
-        incoming.path.unlink(missing_ok=True)
         if incoming.path.suffix == ".masked":
             self._take_masked(incoming, blob, now)
-            return
+        else:
+            self._take_plain(incoming, blob, now)
+        failpoint("aggregator.update_stored")
+        incoming.path.unlink(missing_ok=True)
+
+    def _take_plain(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
         limit = self.config.rounds.max_update_mb * 1024 * 1024
         try:
             header, update = decode_update(blob, self.current, limit)
@@ -370,22 +387,56 @@ class AggregatorService:
             log.warning("round %s %s", round_.round_id, round_.close_reason)
             self._next_round_at = time.time() + self.config.fleet.pause_s
         elif round_.state == RoundState.CLOSED:
-            self._aggregate(round_)
+            failpoint("aggregator.round_closed")
+            self._finish_round(round_)
             self._next_round_at = time.time() + self.config.fleet.pause_s
+
+    def _finish_unfinished(self, now: float) -> None:
+        """Complete rounds a crash stopped half-way (closed, not aggregated or not published).
+        A round whose state cannot be finished is logged, audited and set aside, so the
+        daemon goes on instead of crashing on it at every start."""
+        for round_ in self.store.unfinished():
+            if self._secure_round is not None and round_.round_id == self._secure_round.round_id:
+                continue  # waiting for seed reveals, not stopped
+            log.warning("round %s was stopped half-way by a restart; finishing it", round_.round_id)
+            try:
+                self._finish_round(round_)
+            except OSError:
+                raise  # the disk, not the round: systemd restarts us, the round waits
+            except Exception as exc:
+                self._quarantine(round_, exc, now)
+
+    def _finish_round(self, round_: Round) -> None:
+        """Aggregate (unless the audit shows a crash came after that) and publish."""
+        if round_.state == RoundState.AGGREGATED:
+            self._publish_global(self.store.get(round_.round_id))
+            return
+        audited = self.audit.find("round_aggregated", "round_id", round_.round_id)
+        if audited is not None:
+            self._adopt_audited(round_, audited)
+        else:
+            self._aggregate(round_)
+
+    def _quarantine(self, round_: Round, exc: Exception, now: float) -> None:
+        reason = f"quarantined after a restart: {type(exc).__name__}: {exc}"
+        log.error("round %s: %s", round_.round_id, reason, exc_info=exc)
+        self.audit.append("round_failed", {"round_id": round_.round_id, "reason": reason})
+        self.store.mark_failed(round_.round_id, reason, now)
 
     def _aggregate(self, round_: Round) -> None:
         if round_.plan.get("secure_aggregation"):
             self._commit_secure(round_)
             return
+        base = self._base_of(round_)
         strategy = build_strategy(self.config.fleet.strategy)
-        strategy.begin(self.current)
+        strategy.begin(base)
         accepted, sizes, rejected = [], {}, {}
         limit = self.config.rounds.max_update_mb * 1024 * 1024
         dense: dict[str, int] = {}
         privacy: dict[str, object] = {}  # each DP box's own claim: mechanism and epsilon spent
         for stored in self.store.updates(round_.round_id):
             try:
-                header, update = decode_update(stored.blob, self.current, limit)
+                header, update = decode_update(stored.blob, base, limit)
                 strategy.accept(update)
             except (DecodeError, RejectedUpdateError) as exc:
                 rejected[stored.node_id] = str(exc)
@@ -397,7 +448,7 @@ class AggregatorService:
                 privacy[stored.node_id] = header.privacy.model_dump(mode="json")
         if not accepted:
             self.audit.append("round_failed", {"round_id": round_.round_id, "rejected": rejected})
-            self.store.mark_aggregated(round_.round_id)
+            self.store.mark_failed(round_.round_id, "no update passed aggregation", time.time())
             return
         result = strategy.finish()
         facts = {
@@ -410,7 +461,13 @@ class AggregatorService:
             "codec": round_.plan["codec"],
             "privacy": privacy,
         }
-        self._complete(round_, result, facts)
+        self._complete(round_, base, result, facts)
+
+    def _base_of(self, round_: Round) -> GlobalAdapter:
+        """The global adapter the round's updates were trained from."""
+        if round_.global_version == self.current.version:
+            return self.current
+        return load_global_adapter(self._global_path(round_.global_version))
 
     def _commit_secure(self, round_: Round) -> None:
         """A secure round closed: commit who reported; `_finish_secure` waits for the seeds."""
@@ -434,7 +491,8 @@ class AggregatorService:
         if unmasked is None:
             return  # still waiting for seed reveals
         self._secure_round = None
-        result = secure_fedavg(self.current, unmasked)
+        base = self._base_of(round_)
+        result = secure_fedavg(base, unmasked)
         stored = list(self.store.updates(round_.round_id))
         facts = {
             "participants": list(unmasked.reporting),
@@ -445,23 +503,26 @@ class AggregatorService:
             "codec": round_.plan["codec"],
             "secure_aggregation": round_.plan["secure_aggregation"],
         }
-        self._complete(round_, result, facts)
+        self._complete(round_, base, result, facts)
 
     def _secure_failed(self, round_: Round, exc: SecAggError) -> None:
         log.error("round %s: secure aggregation failed: %s", round_.round_id, exc)
         self.audit.append(
             "round_failed", {"round_id": round_.round_id, "reason": f"{exc.reason}: {exc.detail}"}
         )
-        self.store.mark_aggregated(round_.round_id)
+        self.store.mark_failed(round_.round_id, f"secure aggregation: {exc.reason}", time.time())
 
-    def _complete(self, round_: Round, result: Aggregate, facts: dict[str, object]) -> None:
-        """Save, record and publish a round's new global adapter."""
-        new = GlobalAdapter(
-            self.rollout.next_version(self.current.version),
-            result.factors,
-            self.current.alpha,
-            self.current.frozen_a,
+    def _complete(
+        self, round_: Round, base: GlobalAdapter, result: Aggregate, facts: dict[str, object]
+    ) -> None:
+        """Save, record and publish a round's new global adapter, in the steps a restart can
+        resume from (docs/crash-safety.md): reserve the version, write the file, audit it,
+        mark the round aggregated, start the rollout, queue the file, mark it published."""
+        version = round_.result_version or self.rollout.next_version(
+            max(self.current.version, *self.store.unrecorded_versions(), 0)
         )
+        self.store.reserve_version(round_.round_id, version)
+        new = GlobalAdapter(version, result.factors, base.alpha, base.frozen_a)
         path = save_global_adapter(
             self._global_path(new.version),
             new,
@@ -469,7 +530,7 @@ class AggregatorService:
             self.model_info.sha256,
             round_.round_id,
         )
-        digest = file_sha256(path)
+        failpoint("aggregator.global_saved")
         self.audit.append(
             "round_aggregated",
             {
@@ -477,46 +538,76 @@ class AggregatorService:
                 "close_reason": round_.close_reason,
                 **facts,
                 "global_version": new.version,
-                "global_sha256": digest,
+                "global_sha256": file_sha256(path),
                 "global_bytes": path.stat().st_size,
                 "signer": self.key.node_id,
             },
         )
-        self.current = new
-        self.store.mark_aggregated(round_.round_id)
-        self._publish_global(round_, path, digest, str(result.report.get("strategy")))
+        failpoint("aggregator.round_audited")
+        self._record(round_, new)
 
-    def _publish_global(self, round_: Round, path: Path, digest: str, strategy: str) -> None:
-        recipients = list(  # canaries first when staged rollout is on
-            self.rollout.start(
-                self.current.version,
-                round_.round_id,
-                round_.global_version,
-                round_.participants,
-                time.time(),
-            )
+    def _adopt_audited(self, round_: Round, audited: dict[str, object]) -> None:
+        """The crash came after the audit line: the file it names is the round's result (it
+        is not aggregated again, which could give other bytes than the audit says)."""
+        version = int(str(audited["global_version"]))
+        path = self._global_path(version)
+        if not path.exists() or file_sha256(path) != audited["global_sha256"]:
+            raise ValueError(f"{path.name} is missing or differs from the audited sha256")
+        self._record(round_, load_global_adapter(path))
+
+    def _record(self, round_: Round, new: GlobalAdapter) -> None:
+        self.store.mark_aggregated(round_.round_id, new.version)
+        if new.version > self.current.version:
+            self.current = new
+        failpoint("aggregator.round_recorded")
+        self._publish_global(self.store.get(round_.round_id))
+
+    def _publish_global(self, round_: Round) -> None:
+        """Queue the round's global adapter for its boxes (canaries first when staged rollout
+        is on) and mark the round published. A crash before the mark sends it again; a box
+        installs and evaluates a version once."""
+        version = round_.result_version
+        assert version is not None
+        path = self._global_path(version)
+        recipients = self.rollout.start(
+            version, round_.round_id, round_.global_version, round_.participants, time.time()
         )
+        failpoint("aggregator.rollout_started")
         meta: dict[str, str | int | float | bool] = {
             "round_id": round_.round_id,
-            "global_version": self.current.version,
+            "global_version": version,
         }
-        self.transport.sender.send_artifact("global", path, recipients, meta=meta)
+        if not self._queued(meta):  # a crash after queueing: the outbox still has it
+            self.transport.sender.send_artifact("global", path, list(recipients), meta=meta)
+        failpoint("aggregator.global_queued")
+        digest = file_sha256(path)
+        audited = self.audit.find("round_aggregated", "round_id", round_.round_id) or {}
+        report = audited.get("strategy")
         self.transport.publish(
             "global",
             GlobalPublished(
                 round_id=round_.round_id,
-                global_version=self.current.version,
+                global_version=version,
                 artifact_sha256=digest,
                 participants=round_.participants,
-                strategy=strategy,
+                strategy=str(report.get("strategy", "")) if isinstance(report, dict) else "",
             ),
         )
+        self.store.mark_published(round_.round_id, time.time())
+        failpoint("aggregator.global_published")
         log.info(
             "round %s aggregated: global adapter v%d (%s) sent to %d boxes",
             round_.round_id,
-            self.current.version,
+            version,
             digest[:12],
             len(recipients),
+        )
+
+    def _queued(self, meta: dict[str, str | int | float | bool]) -> bool:
+        """Whether a global artifact with this round and version waits in the outbox."""
+        return any(
+            entry.kind == "global" and entry.meta == meta
+            for entry in self.transport.outbox.artifacts()
         )
 
     # -- staged rollout (appliance.rollout decides; this only sends) ----------------------------
@@ -545,13 +636,22 @@ class AggregatorService:
     def _global_path(self, version: int) -> Path:
         return self.globals_dir / f"global-v{version}.gguf"
 
+    def _quarantine_file(self, path: Path, exc: Exception) -> None:
+        """Set a bad file of our own aside (kept for a post-mortem) and go on without it."""
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        path.replace(aside)
+        log.error("%s cannot be read (%s); moved aside to %s", path, exc, aside.name)
+
     def _load_or_create_global(self) -> GlobalAdapter:
         versions = sorted(
             int(p.stem.removeprefix("global-v")) for p in self.globals_dir.glob("global-v*.gguf")
         )
-        versions = [v for v in versions if v not in self.rollout.blocked()]
-        if versions:
-            return load_global_adapter(self._global_path(versions[-1]))
+        skip = self.rollout.blocked() | self.store.unrecorded_versions()
+        for version in reversed([v for v in versions if v not in skip]):
+            try:
+                return load_global_adapter(self._global_path(version))
+            except (AdapterError, ValueError) as exc:
+                self._quarantine_file(self._global_path(version), exc)
         training = self.config.training
         initial = initial_global_adapter(
             self._shapes,

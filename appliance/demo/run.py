@@ -91,15 +91,25 @@ def _model_choice(model: str, root: Path) -> tuple[str, dict[str, object], int]:
     return model, BUILTIN_TRAINING, 60
 
 
-def spawn_node(layout: FleetLayout, node: str) -> subprocess.Popen[bytes]:
+def spawn_node(
+    layout: FleetLayout,
+    node: str,
+    *,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start one daemon; `env` adds variables (a test's failpoints), `prefix` wraps the
+    command (`ip netns exec NS` for a partition test). The log is appended to, so a daemon
+    restarted by a test keeps the lines of its earlier runs."""
     role = "aggregator" if node == AGGREGATOR else "edge"
-    log = (layout.root / node / "daemon.log").open("wb")
+    log = (layout.root / node / "daemon.log").open("ab")
+    command = [sys.executable, "-m", "appliance.cli", role, "run", "--config"]
     return subprocess.Popen(
-        [sys.executable, "-m", "appliance.cli", role, "run", "--config", str(layout.config(node))],
+        [*prefix, *command, str(layout.config(node))],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 

@@ -80,6 +80,26 @@ class AuditLog:
         last = json.loads(data.splitlines()[-1])
         return ChainHead(int(last["seq"]), str(last["hash"]))
 
+    def find(self, kind: str, key: str, value: object) -> dict[str, Any] | None:
+        """The data of the first `kind` event whose `key` is `value`, or None. A restart asks
+        this before writing an event that the crash may have come just after."""
+        if not self.path.exists():
+            return None
+        needle = f'"kind":"{kind}"'.encode()
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                if needle not in raw:
+                    continue
+                data = json.loads(raw)["data"]
+                if isinstance(data, dict) and data.get(key) == value:
+                    return data
+        return None
+
+    def append_once(self, kind: str, data: dict[str, Any], key: str) -> None:
+        """Append unless an event of `kind` with the same `data[key]` is already there."""
+        if self.find(kind, key, data[key]) is None:
+            self.append(kind, data)
+
     def append(self, kind: str, data: dict[str, Any]) -> ChainHead:
         """Add one event; returns the new head."""
         record: dict[str, Any] = {

@@ -2,8 +2,12 @@
 
 Everything is committed before it is acknowledged (WAL, synchronous=FULL), so `kill -9` and a
 restart continue the same round with every accepted update, and an update offered twice (a
-box retrying after a lost ack) counts once. Closing rules: a round closes as soon as
-`min_updates` arrived; at its deadline it closes with at least `min_updates_at_deadline`,
+box retrying after a lost ack) counts once. A closed round is finished in steps the store
+records (docs/crash-safety.md): its global adapter's version is reserved before the file is
+written, `aggregated` means the file and the audit line exist, `published_at` that the
+adapter is queued for the boxes; `unfinished()` names what a restart must complete.
+
+Closing rules: a round closes as soon as `min_updates` arrived; at its deadline it closes with at least `min_updates_at_deadline`,
 otherwise it is extended once and then abandoned. Late updates are refused with the reason.
 """
 
@@ -30,7 +34,9 @@ CREATE TABLE IF NOT EXISTS rounds (
     extended INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL CHECK (state IN ('open', 'closed', 'abandoned', 'aggregated')),
     closed_at REAL,
-    close_reason TEXT
+    close_reason TEXT,
+    result_version INTEGER,
+    published_at REAL
 );
 CREATE TABLE IF NOT EXISTS updates (
     round_id TEXT NOT NULL REFERENCES rounds(round_id),
@@ -43,6 +49,18 @@ CREATE TABLE IF NOT EXISTS updates (
     PRIMARY KEY (round_id, node_id)
 );
 """
+
+
+MIGRATIONS = (
+    # stores written before rounds were finished in recorded steps: what was aggregated then
+    # was published in the same step
+    ("result_version", "ALTER TABLE rounds ADD COLUMN result_version INTEGER"),
+    (
+        "published_at",
+        "ALTER TABLE rounds ADD COLUMN published_at REAL;"
+        " UPDATE rounds SET published_at = closed_at WHERE state = 'aggregated'",
+    ),
+)
 
 
 class RoundState(StrEnum):
@@ -100,6 +118,9 @@ class Round:
     extended: bool
     state: RoundState
     close_reason: str | None
+    result_version: int | None = None
+    """The global adapter version this round makes (reserved before its file is written)."""
+    published_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +142,13 @@ class RoundStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
+        for column, statements in MIGRATIONS:
+            if column not in columns:
+                self._db.executescript(f"BEGIN; {statements}; COMMIT;")
 
     def close(self) -> None:
         """Close the database."""
@@ -235,9 +263,48 @@ class RoundStore:
         reason = f"abandoned: {arrived} updates after an extended deadline"
         return self._finish(round_, RoundState.ABANDONED, reason, now)
 
-    def mark_aggregated(self, round_id: str) -> None:
-        """The round's global adapter is published."""
-        self._db.execute("UPDATE rounds SET state = 'aggregated' WHERE round_id = ?", (round_id,))
+    def unfinished(self) -> list[Round]:
+        """Closed rounds whose global adapter is not yet recorded or not yet queued for the
+        boxes (a crash stopped them half-way), oldest first."""
+        rows = self._db.execute(
+            "SELECT * FROM rounds WHERE state = 'closed'"
+            " OR (state = 'aggregated' AND published_at IS NULL) ORDER BY seq"
+        )
+        return [_round(r) for r in rows]
+
+    def reserve_version(self, round_id: str, version: int) -> None:
+        """Name the version this round's global adapter gets, before its file is written."""
+        self._db.execute(
+            "UPDATE rounds SET result_version = ? WHERE round_id = ? AND state = 'closed'",
+            (version, round_id),
+        )
+
+    def unrecorded_versions(self) -> set[int]:
+        """Versions reserved by rounds not yet aggregated: their files may be half-made."""
+        rows = self._db.execute(
+            "SELECT result_version FROM rounds WHERE state = 'closed'"
+            " AND result_version IS NOT NULL"
+        )
+        return {int(v) for (v,) in rows}
+
+    def mark_aggregated(self, round_id: str, version: int) -> None:
+        """The round's global adapter file and its audit line exist."""
+        self._db.execute(
+            "UPDATE rounds SET state = 'aggregated', result_version = ? WHERE round_id = ?",
+            (version, round_id),
+        )
+
+    def mark_published(self, round_id: str, now: float) -> None:
+        """The round's global adapter is queued for the boxes (the outbox delivers it)."""
+        self._db.execute("UPDATE rounds SET published_at = ? WHERE round_id = ?", (now, round_id))
+
+    def mark_failed(self, round_id: str, reason: str, now: float) -> None:
+        """The round ends without a global adapter (no update passed, or its state was bad)."""
+        self._db.execute(
+            "UPDATE rounds SET state = 'abandoned', close_reason = ?, result_version = NULL,"
+            " published_at = ? WHERE round_id = ?",
+            (reason, now, round_id),
+        )
 
     def _finish(self, round_: Round, state: RoundState, reason: str, now: float) -> Round:
         self._db.execute(
@@ -263,6 +330,8 @@ def _round(row: tuple[Any, ...]) -> Round:
         state,
         _closed_at,
         reason,
+        result_version,
+        published_at,
     ) = row
     return Round(
         round_id,
@@ -278,4 +347,6 @@ def _round(row: tuple[Any, ...]) -> Round:
         bool(extended),
         RoundState(state),
         reason,
+        result_version,
+        published_at,
     )

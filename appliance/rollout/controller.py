@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from appliance.config.rollout import RolloutSettings
 from appliance.federation.audit import AuditLog
@@ -65,25 +66,27 @@ class Rollout:
         participants: Sequence[str],
         now: float,
     ) -> tuple[str, ...]:
-        """Record a new candidate; returns the boxes that get it now."""
+        """Record a new candidate; returns the boxes that get it now. Called again for the
+        same version after a crash, it returns what the first call decided."""
         canaries = pick_canaries(participants, self.settings)
         others = tuple(box for box in participants if box not in canaries)
-        self.store.begin(version, round_id, base_version, canaries, others, now)
-        if not canaries:
-            self.store.decide(version, Stage.PROMOTED, "staged rollout off", now)
-            return tuple(participants)
-        self.audit.append(
-            "rollout_started",
-            {
-                "global_version": version,
-                "round_id": round_id,
-                "base_version": base_version,
-                "canaries": list(canaries),
-                "waiting": list(others),
-            },
-        )
-        log.info("global adapter v%d goes to canaries %s first", version, ", ".join(canaries))
-        return canaries
+        known = self.store.get(version)
+        row = self.store.begin(version, round_id, base_version, canaries, others, now)
+        if row.stage != Stage.CANARY:
+            return (*row.canaries, *row.others)
+        if known is None:
+            self.audit.append(
+                "rollout_started",
+                {
+                    "global_version": version,
+                    "round_id": round_id,
+                    "base_version": base_version,
+                    "canaries": list(row.canaries),
+                    "waiting": list(row.others),
+                },
+            )
+        log.info("global adapter v%d goes to canaries %s first", version, ", ".join(row.canaries))
+        return row.canaries
 
     def take(self, evaluation: Evaluation, now: float) -> None:
         """Keep a canary's evaluation of the pending candidate."""
@@ -108,6 +111,9 @@ class Rollout:
         pending = self.store.pending()
         if pending is None:
             return None
+        if not pending.canaries:  # written by a version that could crash between two steps
+            self._promote(pending, "no canaries (staged rollout was off)", {}, now, actions)
+            return None
         reports = self.store.reports(pending.version)
         timed_out = now >= pending.started_at + self.settings.canary_timeout_s
         verdict = judge(
@@ -115,53 +121,56 @@ class Rollout:
         )
         if verdict is None:
             return None
-        numbers = {
-            box: {
-                "nll_base": r.nll_base,
-                "nll_current": r.nll_current,
-                "nll_candidate": r.nll_global,
-                "current_version": r.current_version,
-                "task_base": r.task_base,
-                "task_current": r.task_current,
-                "task_candidate": r.task_global,
-                "task_records": r.task_records,
-            }
-            for box, r in sorted(reports.items())
-        }
-        record = {
-            "global_version": pending.version,
-            "round_id": pending.round_id,
-            "canaries": list(pending.canaries),
-            "reports": numbers,
-            "reason": verdict.reason,
-        }
         if verdict.promote:
-            self.store.decide(pending.version, Stage.PROMOTED, verdict.reason, now)
-            self.audit.append("rollout_promoted", {**record, "recipients": list(pending.others)})
-            if pending.others:
-                actions.send_global(pending.version, pending.round_id, pending.others)
-            log.info("global adapter v%d promoted: %s", pending.version, verdict.reason)
+            self._promote(pending, verdict.reason, reports, now, actions)
             return None
-        self.store.decide(pending.version, Stage.REJECTED, verdict.reason, now)
-        self.audit.append(
-            "rollout_rejected",
-            {
-                **record,
-                "regressions": list(verdict.regressions),
-                "rolled_back_to": pending.base_version,
-                "never_sent_to": list(pending.others),
-            },
-        )
+        self._reject(pending, verdict.reason, verdict.regressions, reports, now, actions)
+        return pending.base_version
+
+    def _promote(
+        self,
+        pending: RolloutRow,
+        reason: str,
+        reports: dict[str, Evaluation],
+        now: float,
+        actions: Actions,
+    ) -> None:
+        """Send to the waiting boxes, audit, then decide: a crash before the decision repeats
+        the send (a box installs a version once) and never loses it."""
+        if pending.others:
+            actions.send_global(pending.version, pending.round_id, pending.others)
+        record = {**_decision(pending, reason, reports), "recipients": list(pending.others)}
+        self.audit.append_once("rollout_promoted", record, "global_version")
+        self.store.decide(pending.version, Stage.PROMOTED, reason, now)
+        log.info("global adapter v%d promoted: %s", pending.version, reason)
+
+    def _reject(  # noqa: PLR0917 (a decision and what it rests on)
+        self,
+        pending: RolloutRow,
+        reason: str,
+        regressions: Sequence[str],
+        reports: dict[str, Evaluation],
+        now: float,
+        actions: Actions,
+    ) -> None:
+        """Tell the canaries to go back, audit, then decide (the same order as `_promote`)."""
         actions.send_command(
             Command(action="rollback", nodes=pending.canaries, global_version=pending.base_version)
         )
+        record = {
+            **_decision(pending, reason, reports),
+            "regressions": list(regressions),
+            "rolled_back_to": pending.base_version,
+            "never_sent_to": list(pending.others),
+        }
+        self.audit.append_once("rollout_rejected", record, "global_version")
+        self.store.decide(pending.version, Stage.REJECTED, reason, now)
         log.warning(
             "global adapter v%d rejected, canaries roll back to v%d: %s",
             pending.version,
             pending.base_version,
-            verdict.reason,
+            reason,
         )
-        return pending.base_version
 
     # -- operator commands --------------------------------------------------------------------
 
@@ -210,3 +219,27 @@ class Rollout:
         if fleet:
             actions.send_command(Command(action="rollback", nodes=fleet, global_version=target))
         return f"fleet rolled back from v{current.version} to v{target}", target
+
+
+def _decision(pending: RolloutRow, reason: str, reports: dict[str, Evaluation]) -> dict[str, Any]:
+    """What a promotion or rejection is audited with: the canaries' numbers and the reason."""
+    numbers = {
+        box: {
+            "nll_base": r.nll_base,
+            "nll_current": r.nll_current,
+            "nll_candidate": r.nll_global,
+            "current_version": r.current_version,
+            "task_base": r.task_base,
+            "task_current": r.task_current,
+            "task_candidate": r.task_global,
+            "task_records": r.task_records,
+        }
+        for box, r in sorted(reports.items())
+    }
+    return {
+        "global_version": pending.version,
+        "round_id": pending.round_id,
+        "canaries": list(pending.canaries),
+        "reports": numbers,
+        "reason": reason,
+    }

@@ -120,11 +120,32 @@ class RolloutStore:
         others: tuple[str, ...],
         now: float,
     ) -> RolloutRow:
-        """A candidate went to its canaries (idempotent: a restart keeps the first row)."""
+        """A candidate went to its canaries, or (no canaries: staged rollout off) straight to
+        every box, promoted in the same statement so no crash can leave a candidate waiting
+        for canaries it does not have. Idempotent: a restart keeps the first row."""
+        stage, decided, reason = (
+            ("canary", None, None)
+            if canaries
+            else (
+                "promoted",
+                now,
+                "staged rollout off",
+            )
+        )
         self._db.execute(
             "INSERT OR IGNORE INTO rollouts (version, round_id, base_version, canaries, others,"
-            " stage, started_at) VALUES (?, ?, ?, ?, ?, 'canary', ?)",
-            (version, round_id, base_version, json.dumps(canaries), json.dumps(others), now),
+            " stage, started_at, decided_at, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                version,
+                round_id,
+                base_version,
+                json.dumps(canaries),
+                json.dumps(others),
+                stage,
+                now,
+                decided,
+                reason,
+            ),
         )
         row = self.get(version)
         assert row is not None

@@ -27,6 +27,7 @@ from typing import TypeVar
 from appliance.config.transfer import TransferSettings
 from appliance.identity import NodeKey, TrustStore
 from appliance.identity.keys import check_node_id
+from appliance.system.failpoints import failpoint
 from appliance.transport.client import Inbound, MqttClient, PacketTooLargeError, PublishResult
 from appliance.transport.outbox import ArtifactEntry, Outbox, Priority
 from appliance.transport.rejects import RejectedError, record_rejection
@@ -379,7 +380,10 @@ class Sender:
             exc = RejectedError("ack_mismatch", f"ack names sha256 {ack.sha256[:12]}...")
             record_rejection(log, self.counters, "ack", message.topic, exc)
             return
-        if self.outbox.record_ack(outgoing.entry.seq, ack.receiver):
+        delivered = self.outbox.record_ack(outgoing.entry.seq, ack.receiver)
+        if outgoing.manifest.kind == "global":
+            failpoint("aggregator.global_acked")
+        if delivered:
             self.counters.inc("artifacts_delivered")
             log.info(
                 "artifact %s (%s) acknowledged by all recipients",

@@ -1,13 +1,21 @@
 """Round state: closing rules, exactly-once updates, late refusals, survival of kill -9."""
 
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from appliance.federation.rounds import RoundSpec, RoundState, RoundStore, StoredUpdate, Verdict
+from appliance.federation.rounds import (
+    SCHEMA,
+    RoundSpec,
+    RoundState,
+    RoundStore,
+    StoredUpdate,
+    Verdict,
+)
 
 BOXES = ("box0", "box1", "box2", "box3")
 
@@ -93,7 +101,7 @@ def test_only_one_round_is_open_and_sequence_numbers_grow(store: RoundStore) -> 
         store.open_round(spec("r2"), now=0)
     store.offer("r1", update("box0"), now=1)
     store.advance(now=1)
-    store.mark_aggregated("r1")
+    store.mark_aggregated("r1", 1)
     second = store.open_round(spec("r2"), now=2)
     assert (first.seq, second.seq) == (1, 2)
     assert store.get("r1").state == RoundState.AGGREGATED
@@ -137,3 +145,49 @@ def test_kill_9_mid_round_loses_no_accepted_update(tmp_path: Path) -> None:
         assert closed is not None and closed.state == RoundState.CLOSED
     finally:
         store.close()
+
+
+def test_a_round_is_finished_in_recorded_steps(store: RoundStore) -> None:
+    """closed -> version reserved -> aggregated -> published; unfinished() names what a
+    restart must complete at each step, and nothing once it is published."""
+    store.open_round(spec("r1", min_updates=1), now=0)
+    store.offer("r1", update("box0"), now=1)
+    store.advance(now=1)
+    assert [r.round_id for r in store.unfinished()] == ["r1"]
+    store.reserve_version("r1", 4)
+    assert store.unrecorded_versions() == {4}
+    assert store.get("r1").result_version == 4
+    store.mark_aggregated("r1", 4)
+    assert store.unrecorded_versions() == set()
+    assert [r.state for r in store.unfinished()] == [RoundState.AGGREGATED]
+    store.mark_published("r1", now=2)
+    assert store.unfinished() == []
+    assert store.get("r1").published_at == 2
+
+
+def test_a_failed_round_is_not_left_unfinished(store: RoundStore) -> None:
+    store.open_round(spec("r1", min_updates=1), now=0)
+    store.offer("r1", update("box0"), now=1)
+    store.advance(now=1)
+    store.mark_failed("r1", "no update passed aggregation", now=2)
+    assert store.unfinished() == []
+    assert store.get("r1").state == RoundState.ABANDONED
+    assert store.get("r1").close_reason == "no update passed aggregation"
+
+
+def test_a_store_from_before_recorded_steps_is_migrated(tmp_path: Path) -> None:
+    """Old rows had no result_version/published_at; their aggregated rounds were published."""
+    db = tmp_path / "rounds.sqlite"
+    old = SCHEMA.replace(",\n    result_version INTEGER,\n    published_at REAL", "")
+    with sqlite3.connect(db) as conn:
+        conn.executescript(old)
+        conn.execute(
+            "INSERT INTO rounds VALUES ('r1', 1, 0, '{}', '[\"box0\"]', 1, 1, 60, 0, 60, 0,"
+            " 'aggregated', 5, '1 updates arrived')"
+        )
+    migrated = RoundStore(db)
+    try:
+        assert migrated.unfinished() == []
+        assert migrated.get("r1").published_at == 5
+    finally:
+        migrated.close()

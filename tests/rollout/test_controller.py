@@ -165,3 +165,56 @@ def test_fleet_rollback_with_nothing_rolled_out(rollout: Rollout) -> None:
     assert rollout.store.commands()[0].outcome == (
         "nothing to roll back: no global adapter was rolled out yet"
     )
+
+
+def test_without_canaries_a_candidate_is_promoted_in_the_same_write(tmp_path: Path) -> None:
+    """Staged rollout off: no moment exists at which the store holds a candidate waiting for
+    canaries it does not have (the crash that once made v1 'rejected: no canary reported')."""
+    rollout = Rollout(RolloutSettings(), tmp_path, AuditLog(tmp_path / "audit.jsonl"))
+    assert rollout.start(1, "r1-a", 0, FLEET, now=10.0) == FLEET
+    row = rollout.store.get(1)
+    assert row is not None and row.stage == Stage.PROMOTED and row.reason == "staged rollout off"
+    assert rollout.waiting() is None
+
+
+def test_a_pending_row_without_canaries_left_by_an_old_crash_is_promoted_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    """State an earlier version wrote: stage canary, no canaries. It used to raise pydantic's
+    ValidationError (Command with nodes=()) at every start; now it is promoted and sent."""
+    rollout = Rollout(RolloutSettings(), tmp_path, AuditLog(tmp_path / "audit.jsonl"))
+    rollout.store._db.execute(
+        "INSERT INTO rollouts (version, round_id, base_version, canaries, others, stage,"
+        " started_at) VALUES (1, 'r1-a', 0, '[]', ?, 'canary', 0)",
+        (json.dumps(FLEET),),
+    )
+    sent = Sent()
+    assert rollout.step(5000.0, sent.actions()) is None
+    assert sent.globals == [(1, "r1-a", FLEET)]
+    assert sent.commands == []
+    assert rollout.store.get(1).stage == Stage.PROMOTED  # type: ignore[union-attr]
+    assert audit_kinds(tmp_path / "audit.jsonl") == ["rollout_promoted"]
+
+
+def test_start_again_after_a_crash_returns_the_first_decision_and_audits_once(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    assert rollout.start(1, "r1-a", 0, FLEET, now=10.0) == ("box-1",)
+    assert rollout.start(1, "r1-a", 0, FLEET, now=99.0) == ("box-1",)
+    assert rollout.store.get(1).started_at == 10.0  # type: ignore[union-attr]
+    assert audit_kinds(tmp_path / "audit.jsonl") == ["rollout_started"]
+
+
+def test_a_promotion_repeated_after_a_crash_sends_again_and_audits_once(
+    rollout: Rollout, tmp_path: Path
+) -> None:
+    """A crash between the send and the decision: the next step sends again (a box installs
+    a version once) and the audit keeps one promotion."""
+    rollout.start(1, "r1-a", 0, FLEET, now=10.0)
+    rollout.take(evaluation("box-1", 1, 2.9), 12.0)
+    sent = Sent()
+    rollout.step(13.0, sent.actions())
+    rollout.store._db.execute("UPDATE rollouts SET stage = 'canary' WHERE version = 1")
+    rollout.step(14.0, sent.actions())
+    assert sent.globals == [(1, "r1-a", ("box-2", "box-3"))] * 2
+    assert audit_kinds(tmp_path / "audit.jsonl") == ["rollout_started", "rollout_promoted"]
