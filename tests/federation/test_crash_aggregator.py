@@ -7,14 +7,18 @@ the aggregator's first run only (appliance/system/failpoints.py).
 """
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
+from appliance.aggregator.service import AggregatorService
+from appliance.config import load_config
 from appliance.demo.broker import start_broker
 from appliance.demo.fleet import AGGREGATOR, FleetLayout, FleetOptions, lay_out
 from appliance.demo.run import TINY_TRAINING, spawn_node, stop_processes
 from appliance.federation.audit import verify
+from appliance.federation.rounds import RoundState
 from appliance.identity.keys import load_public_key
 from appliance.llm.tiny import make_tiny_model
 from appliance.rollout.store import RolloutStore, Stage
@@ -149,3 +153,59 @@ def _stored_updates(layout: FleetLayout, round_id: str) -> list[str]:
 def _log(layout: FleetLayout, node: str) -> str:
     path = layout.root / node / "daemon.log"
     return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+def _service(tmp_path: Path, tiny_model: Path) -> AggregatorService:
+    """An aggregator in this process (no broker needed for what these tests look at)."""
+    options = FleetOptions(1, 3, str(tiny_model), 1, 10, TINY_TRAINING)
+    layout = lay_out(tmp_path, options)
+    return AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+
+
+def test_a_round_whose_own_state_is_bad_is_quarantined_and_the_daemon_goes_on(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A closed round that names a global adapter file which is gone cannot be finished:
+    it is audited as failed and set aside at the first step, instead of raising at every
+    start (a crash loop under systemd's Restart=)."""
+    service = _service(tmp_path, tiny_model)
+    try:
+        service.step(now=time.time())
+        round_id = service.store.current().round_id  # type: ignore[union-attr]
+        service.store._db.execute(
+            "UPDATE rounds SET state = 'closed', global_version = 7 WHERE round_id = ?",
+            (round_id,),
+        )
+        service.step(now=time.time())
+        failed = audit_records(service.audit.path, "round_failed")
+        assert [f["round_id"] for f in failed] == [round_id]
+        assert "quarantined after a restart" in failed[0]["reason"]
+        assert service.store.get(round_id).state == RoundState.ABANDONED
+        assert service.store.unfinished() == []
+        service.step(now=time.time() + 3600)
+        assert service.store.current() is not None  # the next round opened
+    finally:
+        service.stop()
+
+
+def test_a_corrupt_global_adapter_file_is_moved_aside_at_start(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    first = _service(tmp_path, tiny_model)
+    globals_dir = first.globals_dir
+    first.stop()
+    (globals_dir / "global-v1.gguf").write_bytes(b"GGUF" + b"\0" * 10)  # torn by hand
+    again = _service_again(tmp_path)
+    try:
+        assert again.current.version == 0
+        assert not (globals_dir / "global-v1.gguf").exists()
+        assert [p.name.split(".corrupt-")[0] for p in globals_dir.glob("*.corrupt-*")] == [
+            "global-v1.gguf"
+        ]
+    finally:
+        again.stop()
+
+
+def _service_again(tmp_path: Path) -> AggregatorService:
+    config = load_config(tmp_path / AGGREGATOR / "aggregator.toml")
+    return AggregatorService(config)  # type: ignore[arg-type]
