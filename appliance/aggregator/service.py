@@ -33,7 +33,15 @@ from appliance.federation.messages import (
     RoundAnnouncement,
     TrainingPlan,
 )
-from appliance.federation.rounds import Round, RoundSpec, RoundState, RoundStore, StoredUpdate
+from appliance.federation.rounds import (
+    Offer,
+    Round,
+    RoundSpec,
+    RoundState,
+    RoundStore,
+    StoredUpdate,
+    Verdict,
+)
 from appliance.federation.strategies import Aggregate, RejectedUpdateError
 from appliance.federation.updates import GlobalAdapter
 from appliance.identity import TrustStore
@@ -296,6 +304,12 @@ class AggregatorService:
         incoming.path.unlink(missing_ok=True)
 
     def _take_plain(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
+        if self._is_closed(incoming.round_id):
+            # late, or re-sent after its ack was lost: the store's reason, not "made for
+            # another global version" (the global has moved on since the round closed)
+            stored = StoredUpdate(incoming.sender, hashlib.sha256(blob).hexdigest(), 0, blob)
+            self._log_offer(incoming, self.store.offer(incoming.round_id, stored, now), blob)
+            return
         limit = self.config.rounds.max_update_mb * 1024 * 1024
         try:
             header, update = decode_update(blob, self.current, limit)
@@ -314,7 +328,15 @@ class AggregatorService:
         stored = StoredUpdate(
             incoming.sender, hashlib.sha256(blob).hexdigest(), update.sample_count, blob
         )
-        offer = self.store.offer(incoming.round_id, stored, now)
+        self._log_offer(incoming, self.store.offer(incoming.round_id, stored, now), blob)
+
+    def _is_closed(self, round_id: str) -> bool:
+        try:
+            return self.store.get(round_id).state != RoundState.OPEN
+        except KeyError:
+            return False  # unknown: refused by the checks that follow, with that reason
+
+    def _log_offer(self, incoming: _IncomingUpdate, offer: Offer, blob: bytes) -> None:
         log.info(
             "update from %s for %s: %s %s (%d bytes)",
             incoming.sender,
@@ -323,10 +345,15 @@ class AggregatorService:
             offer.reason,
             len(blob),
         )
-        if offer.reason and offer.verdict.value == "rejected":
+        if offer.verdict == Verdict.REJECTED:
             self.audit.append(
                 "update_rejected",
-                {"node_id": incoming.sender, "round_id": incoming.round_id, "reason": offer.reason},
+                {
+                    "node_id": incoming.sender,
+                    "round_id": incoming.round_id,
+                    "reason": offer.reason,
+                    "bytes": len(blob),
+                },
             )
 
     def _take_masked(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:

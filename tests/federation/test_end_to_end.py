@@ -179,3 +179,27 @@ def test_stopping_the_demo_stops_every_process(tmp_path: Path, stop_signal: sign
         ["pgrep", "-f", str(demo_dir)], capture_output=True, text=True, check=False
     )
     assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
+
+
+def test_an_update_for_a_closed_round_is_refused_as_late(tmp_path: Path) -> None:
+    """The reason is the round's state, not the global version that moved on since (the
+    partition test's cut-off box used to read "made for another ... global version")."""
+    from appliance.aggregator.service import AggregatorService, _IncomingUpdate
+    from appliance.config import load_config
+
+    options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
+    layout = lay_out(tmp_path, options)
+    service = AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+    try:
+        service.step(now=time.time())
+        round_id = service.store.current().round_id  # type: ignore[union-attr]
+        service.store.mark_failed(round_id, "closed for this test", time.time())
+        path = tmp_path / "late.update"
+        path.write_bytes(b"APUP late bytes")
+        service._events.put(_IncomingUpdate("box-1", round_id, path))
+        service.step(now=time.time())
+        refused = audit_records(layout.audit_log, "update_rejected")
+        assert [r["reason"] for r in refused] == [f"late: round {round_id} is abandoned"]
+        assert not path.exists()
+    finally:
+        service.stop()

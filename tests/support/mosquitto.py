@@ -85,7 +85,13 @@ class Mosquitto:
         if self.max_packet_size is not None:
             lines.append(f"max_packet_size {self.max_packet_size}")
         if self.persistence:
-            lines += ["persistence true", f"persistence_location {self.persistence_dir}/"]
+            lines += [
+                "persistence true",
+                f"persistence_location {self.persistence_dir}/",
+                # as the plant broker (packaging/mosquitto/appliance.conf): save at each change
+                "autosave_on_changes true",
+                "autosave_interval 1",
+            ]
         else:
             lines.append("persistence false")
         if self.tls is not None:
