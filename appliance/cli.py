@@ -456,7 +456,9 @@ def _fleet_status(args: argparse.Namespace) -> int:
     from appliance.config.loading import load_config
     from appliance.config.roles import AggregatorConfig
     from appliance.errors import ConfigError
-    from appliance.telemetry.fleet import fleet_status, render_table, store_path
+    from appliance.telemetry.edge_node import now_ms
+    from appliance.telemetry.fleet import fleet_report, render_report, store_path
+    from appliance.telemetry.freshness import box_stale_after_s
     from appliance.telemetry.store import FleetStore
 
     config = load_config(args.config)
@@ -467,7 +469,7 @@ def _fleet_status(args: argparse.Namespace) -> int:
         raise ApplianceError(f"no fleet health store at {path}; has the aggregator run yet?")
     store = FleetStore(path, read_only=True)
     try:
-        rows = fleet_status(store)
+        report = fleet_report(store, now_ms(), box_stale_after_s(), config.fleet.participants)
     finally:
         store.close()
     from appliance.rollout.operator import store_path as rollout_path
@@ -475,9 +477,9 @@ def _fleet_status(args: argparse.Namespace) -> int:
 
     rollout = rollout_status(rollout_path(config))
     if args.json:
-        _print_json({"boxes": [row.as_json() for row in rows], "rollout": rollout})
+        _print_json({**report.as_json(), "rollout": rollout})
     else:
-        print(render_table(rows))
+        print(render_report(report))
         if lines := render_rollout(rollout):
             print(lines)
     return 0

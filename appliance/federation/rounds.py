@@ -7,8 +7,9 @@ records (docs/crash-safety.md): its global adapter's version is reserved before 
 written, `aggregated` means the file and the audit line exist, `published_at` that the
 adapter is queued for the boxes; `unfinished()` names what a restart must complete.
 
-Closing rules: a round closes as soon as `min_updates` arrived; at its deadline it closes with at least `min_updates_at_deadline`,
-otherwise it is extended once and then abandoned. Late updates are refused with the reason.
+Closing rules: a round closes as soon as `min_updates` arrived; at its deadline it closes
+with at least `min_updates_at_deadline`, otherwise it is extended once and then abandoned.
+Late updates are refused with the reason.
 """
 
 import json

@@ -8,6 +8,8 @@ replay, an unknown alias) is logged and answered with an NCMD Rebirth instead of
 stored: a fresh birth is the protocol's way to resynchronise. A box goes offline on an
 NDEATH whose `bdSeq` matches its current session (an older one is stale and ignored) or
 after `offline_after_s` of silence. Malformed payloads are logged and counted, never fatal.
+Every tick also refreshes the host's heartbeat in the store (and a clean stop marks it
+stopped), so `fleet status` can tell current data from what a stopped host left behind.
 """
 
 import json
@@ -120,6 +122,9 @@ class PrimaryHost:
         self.client.every_tick(self.tick)
 
     def start(self) -> None:
+        """Heartbeat first: from now on readers know a host runs, connected or not."""
+        self.store.host_heartbeat(self.host_id, self._clock(), connected=False)
+        self.store.commit()
         self.client.start()
 
     def stop(self) -> None:
@@ -128,6 +133,7 @@ class PrimaryHost:
             payload = encode_state(False, self._state_timestamp)
             self.client.publish(state_topic(self.host_id), payload, retain=True)
         self.client.stop()
+        self.store.host_stopped(self.host_id, self._clock())
         self.store.close()
 
     # ------------------------------------------------------------ STATE
@@ -232,6 +238,8 @@ class PrimaryHost:
             log.info("stale NDEATH from %s ignored (bdSeq %d, current %s)", node, bdseq, current)
             self.ignored["stale_ndeath"] += 1
             return
+        session.last_seen_ms = self._clock()  # heard from it (or from its Will): last seen
+        self.store.node_seen(node, session.last_seen_ms)
         self._offline(node, session, "NDEATH")
 
     # ------------------------------------------------------------ helpers
@@ -285,13 +293,14 @@ class PrimaryHost:
 
     # ------------------------------------------------------------ periodic
     def tick(self) -> None:
-        """Silence, alerts, one store commit; compaction now and then."""
+        """Silence, alerts, the heartbeat, one store commit; compaction now and then."""
         now = self._clock()
         for node, session in self._sessions.items():
             if session.online and now - session.last_seen_ms > self.offline_after_ms:
                 self._offline(node, session, f"silent for {(now - session.last_seen_ms) // 1000} s")
             if session.dirty or not session.online:
                 self._evaluate(node, session, now)
+        self.store.host_heartbeat(self.host_id, now, connected=self.client.connected)
         self.store.commit()
         if now - self._last_compact_ms >= COMPACT_EVERY_MS:
             self._last_compact_ms = now

@@ -1,8 +1,10 @@
 """The aggregator's fleet health store: SQLite (WAL), one file, read by `fleet status` too.
 
-Tables: `nodes` (online state per box), `latest` (current value of every metric, numbers and
-text), `samples` (numeric history, raw), `rollups` (min/mean/max per bucket for samples
-older than the raw retention) and `alerts` (firing and resolved). Writes from the host are
+Tables: `nodes` (online state per box and when the host last heard from it), `latest`
+(current value of every metric, numbers and text), `samples` (numeric history, raw),
+`rollups` (min/mean/max per bucket for samples older than the raw retention), `alerts`
+(firing and resolved) and `host` (one row: the primary host's heartbeat, so a reader can
+tell fresh data from the last words of a host that stopped). Writes from the host are
 batched into one transaction per tick (`commit()`): at thousands of messages a second a
 commit (or even a statement) per message would be the bottleneck: rows wait in memory and
 go in with one `executemany` per table per batch. Readers see the last committed tick.
@@ -61,6 +63,13 @@ CREATE TABLE IF NOT EXISTS alerts (
     resolved_ms INTEGER,
     PRIMARY KEY (node, rule, subject, since_ms)
 );
+CREATE TABLE IF NOT EXISTS host (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    host_id TEXT NOT NULL,
+    alive_ms INTEGER NOT NULL,
+    connected INTEGER NOT NULL,
+    stopped_ms INTEGER
+);
 """
 
 
@@ -72,6 +81,16 @@ class NodeRow:
     last_seen_ms: int
     offline_since_ms: int | None
     offline_reason: str | None
+
+
+@dataclass(frozen=True)
+class HostRow:
+    """The primary host's heartbeat: refreshed every tick while it runs."""
+
+    host_id: str
+    alive_ms: int
+    connected: bool  # to the broker: a host that is cut off hears from no box
+    stopped_ms: int | None  # set by a clean stop, cleared by the next heartbeat
 
 
 @dataclass(frozen=True)
@@ -151,6 +170,21 @@ class FleetStore:
     def node_seen(self, node: str, now_ms: int) -> None:
         self._seen[node] = now_ms
 
+    def host_heartbeat(self, host_id: str, now_ms: int, *, connected: bool) -> None:
+        """One row, overwritten: it goes in with the tick's batch, so a reader that sees a
+        fresh heartbeat also sees everything the host stored before it."""
+        self._db.execute(
+            "INSERT INTO host VALUES (1, ?, ?, ?, NULL) ON CONFLICT (id) DO UPDATE SET "
+            "host_id = excluded.host_id, alive_ms = excluded.alive_ms, "
+            "connected = excluded.connected, stopped_ms = NULL",
+            (host_id, now_ms, int(connected)),
+        )
+
+    def host_stopped(self, host_id: str, now_ms: int) -> None:
+        """A clean stop: readers say "stopped" at once instead of waiting for staleness."""
+        self.host_heartbeat(host_id, now_ms, connected=False)
+        self._db.execute("UPDATE host SET stopped_ms = ?", (now_ms,))
+
     def node_offline(self, node: str, reason: str, now_ms: int) -> None:
         self._db.execute(
             "UPDATE nodes SET online = 0, offline_since_ms = ?, offline_reason = ? "
@@ -213,6 +247,16 @@ class FleetStore:
             "FROM nodes ORDER BY node"
         )
         return [NodeRow(r[0], bool(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
+
+    def host(self) -> HostRow | None:
+        """The heartbeat; None if no host wrote one (a store from before it was kept)."""
+        try:
+            row = self._db.execute(
+                "SELECT host_id, alive_ms, connected, stopped_ms FROM host"
+            ).fetchone()
+        except sqlite3.OperationalError:  # read-only reader of a store without the table
+            return None
+        return None if row is None else HostRow(row[0], row[1], bool(row[2]), row[3])
 
     def latest(self, node: str) -> dict[str, float | str | None]:
         rows = self._db.execute("SELECT metric, number, text FROM latest WHERE node = ?", (node,))

@@ -5,9 +5,14 @@ Mosquitto to the aggregator's fleet-health service; the CLI then reads its SQLit
 """
 
 import json
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,10 +67,13 @@ def test_fleet_status_of_three_boxes(
         assert not gate.allowed and "temperature 101.0 °C at or above 85.0 °C" in gate.reasons
 
         assert main(["fleet", "status", "--config", str(agg_path)]) == 0
-        table = capsys.readouterr().out.splitlines()
+        age, *table = capsys.readouterr().out.splitlines()
+        assert age.startswith("data as of ") and age.endswith("; primary host scada running)")
         assert table[0].split() == [
             "BOX",
             "ONLINE",
+            "LAST",
+            "SEEN",
             "MAX",
             "TEMP",
             "DISK",
@@ -76,7 +84,8 @@ def test_fleet_status_of_three_boxes(
         ]
         rows = {line.split()[0]: line for line in table[1:]}
         assert sorted(rows) == ["box1", "box2", "box3"]
-        assert "yes" in rows["box1"] and "45.0 C" in rows["box1"] and " training " in rows["box1"]
+        assert rows["box1"].split()[1] == "yes" and " s ago " in rows["box1"]
+        assert "45.0 C" in rows["box1"] and " training " in rows["box1"]
         assert rows["box1"].rstrip().endswith("-")  # no alerts
         assert "101.0 C" in rows["box2"]
         assert "paused (gate: temperature 101.0 °C at or above 85.0 °C;" in rows["box2"]
@@ -88,13 +97,7 @@ def test_fleet_status_of_three_boxes(
         assert " v2 " in rows["box3"]
 
         assert main(["fleet", "status", "--config", str(agg_path), "--json"]) == 0
-        boxes = {box["box"]: box for box in json.loads(capsys.readouterr().out)["boxes"]}
-        assert boxes["box1"]["online"] is True and boxes["box1"]["alerts"] == []
-        assert boxes["box1"]["training_gate"] == "open"
-        assert boxes["box2"]["max_temperature_c"] == 101.0
-        assert boxes["box2"]["training_gate"].startswith("temperature 101.0 °C")
-        assert boxes["box3"]["adapter_version"] == "v2"
-        assert boxes["box3"]["disk_free_percent"] > 0
+        check_json(json.loads(capsys.readouterr().out))
 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as response:
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
@@ -110,6 +113,19 @@ def test_fleet_status_of_three_boxes(
         for reporter in reporters:
             reporter.node.stop()
         service.stop()
+
+
+def check_json(status: dict[str, Any]) -> None:
+    """`fleet status --json` of the three live boxes: the same facts as the table."""
+    assert status["host_alive"] is True and 0 <= status["data_age_s"] < 30
+    boxes = {box["box"]: box for box in status["boxes"]}
+    assert boxes["box1"]["online"] == "yes" and boxes["box1"]["alerts"] == []
+    assert 0 <= boxes["box1"]["last_seen_age_s"] < 60
+    assert boxes["box1"]["training_gate"] == "open"
+    assert boxes["box2"]["max_temperature_c"] == 101.0
+    assert boxes["box2"]["training_gate"].startswith("temperature 101.0 °C")
+    assert boxes["box3"]["adapter_version"] == "v2"
+    assert boxes["box3"]["disk_free_percent"] > 0
 
 
 def test_fleet_status_needs_the_aggregator_store(
@@ -145,3 +161,98 @@ def test_metrics_endpoint_escapes_labels_and_serves_only_metrics(tmp_path: Path)
     finally:
         server.stop()
         store.close()
+
+
+MINUTE_MS = 60_000
+
+
+def fleet_status_command(config: Path, *options: str) -> str:
+    """The installed command line, as an operator runs it: a new process reading the file."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "appliance.cli",
+            "fleet",
+            "status",
+            "--config",
+            str(config),
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+def test_fleet_status_says_how_old_the_store_is_and_doubts_stale_boxes(tmp_path: Path) -> None:
+    """A store written as a live host leaves it: box1 fresh, box2 silent for 20 min, box3
+    gone with NDEATH, box4 expected but never seen. Then the same store 41 min later, as a
+    killed host leaves it: nothing is `yes` any more."""
+    path, config = aggregator_config(
+        tmp_path, 1883, '[fleet]\nparticipants = ["box1", "box2", "box3", "box4"]'
+    )
+    now = int(time.time() * 1000)
+    store = FleetStore(config.paths.state_dir / "fleet-health.sqlite")
+    store.node_online("box1", 0, now - 5_000)
+    store.node_online("box2", 0, now - 20 * MINUTE_MS)
+    store.node_online("box3", 0, now - 30 * MINUTE_MS)
+    store.node_offline("box3", "NDEATH", now - 29 * MINUTE_MS)
+    store.host_heartbeat("scada", now, connected=True)
+    store.commit()
+
+    age, _, *lines = fleet_status_command(path).splitlines()
+    assert age.endswith(" s ago; primary host scada running)"), age
+    rows = {line.split()[0]: line for line in lines}
+    assert rows["box1"].split()[1] == "yes" and " s ago " in rows["box1"]
+    assert "unknown (no message for over 11 min)  20 min ago" in rows["box2"]
+    assert "no (NDEATH)" in rows["box3"]
+    assert "unknown (never seen)" in rows["box4"]
+
+    store.host_heartbeat("scada", now - 41 * MINUTE_MS, connected=True)
+    store.close()
+    stale = datetime.fromtimestamp((now - 41 * MINUTE_MS) / 1000, UTC)
+    age, _, *lines = fleet_status_command(path).splitlines()
+    assert age == (
+        f"data as of {stale:%Y-%m-%d %H:%M:%S} UTC (41 min ago; "
+        "the aggregator's primary host is not running or not writing)"
+    )
+    rows = {line.split()[0]: line for line in lines}
+    assert "unknown (last known: yes)" in rows["box1"]
+    assert "unknown (last known: no, NDEATH)" in rows["box3"]
+    status = json.loads(fleet_status_command(path, "--json"))
+    assert status["host_alive"] is False and 41 * 60 <= status["data_age_s"] < 42 * 60
+    online = {box["box"]: (box["online"], box["last_known_online"]) for box in status["boxes"]}
+    assert online == {
+        "box1": ("unknown", True),
+        "box2": ("unknown", True),
+        "box3": ("unknown", False),
+        "box4": ("unknown", None),
+    }
+
+
+def test_fleet_status_shows_unknown_once_the_primary_host_stops(
+    tmp_path: Path, broker: Mosquitto, edge_nodes: Any
+) -> None:
+    """Real broker, host and box: `yes` while the host runs; after a clean stop the host
+    says so in the store and the box is `unknown`, at once, not after a timeout."""
+    from tests.telemetry.test_edge_node import VALUES
+
+    path, config = aggregator_config(tmp_path, broker.port, "metrics_port = 0")
+    service = FleetHealthService(config)
+    service.start()
+    try:
+        assert service.host.announced.wait(60)
+        edge_nodes("box1").update(VALUES)
+        reader = FleetStore(config.paths.state_dir / "fleet-health.sqlite", read_only=True)
+        wait_for(lambda: [row.online for row in reader.nodes()] == [True], "box1 online")
+        wait_for(lambda: (host := reader.host()) is not None and host.connected, "connected")
+        age, _, box1 = fleet_status_command(path).splitlines()
+        assert age.endswith("primary host scada running)") and box1.split()[1] == "yes"
+    finally:
+        service.stop()
+    age, _, box1 = fleet_status_command(path).splitlines()
+    assert age.endswith("; primary host scada stopped)")
+    assert "unknown (last known: yes)" in box1

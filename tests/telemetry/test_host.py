@@ -25,7 +25,7 @@ from appliance.telemetry.sparkplug import (
     encode,
     state_topic,
 )
-from appliance.telemetry.store import FleetStore
+from appliance.telemetry.store import FleetStore, HostRow
 from appliance.transport.client import MqttClient
 from tests.support.mosquitto import Mosquitto
 from tests.telemetry.configs import aggregator_config, edge_config
@@ -340,3 +340,23 @@ def test_a_restarted_host_asks_live_boxes_for_a_rebirth(
         assert reader.online("box1") is True
     finally:
         second.stop()
+
+
+def test_the_host_stores_its_heartbeat_and_when_it_last_heard_from_a_box(
+    hosts: HostFactory, box: MqttClient, reader: Reader
+) -> None:
+    """Every tick refreshes the heartbeat (with the broker connection); any NBIRTH, NDATA or
+    NDEATH of the current session sets the box's last seen to the host's clock."""
+    clock = Clock()
+    hosts(clock=clock)
+    wait_for(lambda: reader().host() == HostRow("scada", T0, True, None), "heartbeat")
+    box.publish(topic("NBIRTH"), birth(bdseq=5), qos=0)
+    wait_for(lambda: reader.online("box9"), "online")
+    clock.ms += 5_000
+    box.publish(topic("NDATA"), data(1, 41.0), qos=0)
+    wait_for(lambda: reader().nodes()[0].last_seen_ms == T0 + 5_000, "last seen on NDATA")
+    clock.ms += 5_000
+    box.publish(topic("NDEATH"), death(5), qos=1)
+    wait_for(lambda: reader.online("box9") is False, "offline on NDEATH")
+    assert reader().nodes()[0].last_seen_ms == T0 + 10_000
+    assert reader().host() == HostRow("scada", T0 + 10_000, True, None)

@@ -1,8 +1,9 @@
 """The fleet store on real SQLite: latest values, batches, retention and downsampling."""
 
+import sqlite3
 from pathlib import Path
 
-from appliance.telemetry.store import AlertRow, FleetStore
+from appliance.telemetry.store import AlertRow, FleetStore, HostRow
 
 HOUR_MS = 3600 * 1000
 
@@ -54,3 +55,29 @@ def test_compaction_folds_old_samples_into_buckets_and_expires(tmp_path: Path) -
     assert store.rollups("b1", "t") == [] and store.active_alerts() == []
     assert store.samples("b1", "t") == []
     store.close()
+
+
+def test_host_heartbeat_is_one_row_a_stop_marks_it_and_a_restart_clears_it(
+    tmp_path: Path,
+) -> None:
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    reader = FleetStore(tmp_path / "fleet.sqlite", read_only=True)
+    assert reader.host() is None
+    store.host_heartbeat("scada", 1_000, connected=False)
+    store.host_heartbeat("scada", 2_000, connected=True)
+    assert reader.host() is None  # written with the tick's batch, like the data
+    store.commit()
+    assert reader.host() == HostRow("scada", 2_000, True, None)
+    store.host_stopped("scada", 3_000)
+    store.commit()
+    assert reader.host() == HostRow("scada", 3_000, False, 3_000)
+    store.host_heartbeat("scada", 4_000, connected=True)
+    store.close()
+    assert reader.host() == HostRow("scada", 4_000, True, None)
+
+
+def test_a_store_from_before_the_heartbeat_reads_as_no_host(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE nodes (node TEXT PRIMARY KEY)")
+    assert FleetStore(path, read_only=True).host() is None
