@@ -9,14 +9,22 @@ import logging
 import queue
 import shutil
 import time
+import zipfile
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out, nll_of_file
-from appliance.edge.state import EdgeState
-from appliance.edge.training_run import RunOutcome, TrainingRun, write_records
+from appliance.edge.state import EdgeState, copy_durably, quarantine, write_durably
+from appliance.edge.training_run import (
+    RunOutcome,
+    TrainingRun,
+    reap_orphaned_workers,
+    write_records,
+)
 from appliance.errors import AdapterError, ApplianceError, ModelError
 from appliance.federation.codec import ErrorFeedback, RoundContext, encode_update
 from appliance.federation.global_adapter import (
@@ -38,6 +46,7 @@ from appliance.privacy.accountant import PrivacyLedgerError
 from appliance.privacy.guard import PrivacyGuard
 from appliance.privacy.secagg.daemon import SecureBox
 from appliance.serve.edge import EdgeServing
+from appliance.system.failpoints import failpoint
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.metrics import DaemonState
@@ -48,6 +57,16 @@ from appliance.transport.receiver import ReceivedArtifact
 log = logging.getLogger(__name__)
 
 Event = tuple[str, object]
+UPDATE_FILE = "update.bin"
+STAGED_RESIDUAL = "residual.npz"
+
+
+def incoming_round_id(path: Path) -> str:
+    """The round of a hand-over file `incoming.<round id>.<artifact id>.gguf`; a round id
+    may contain dots, the artifact id (a uuid's hex) has none."""
+    middle = path.name.removeprefix("incoming.").removesuffix(".gguf")
+    round_id, dot, _artifact = middle.rpartition(".")
+    return round_id if dot and round_id else "unknown"
 
 
 class EdgeService:
@@ -69,9 +88,13 @@ class EdgeService:
             config.training.validation_fraction,
         )
         self._state_path = self.state_dir / "edge-state.json"
-        self.state = EdgeState.load(self._state_path)
+        self.state = EdgeState.load(self._state_path)  # a bad file is moved aside
+        self._rounds_dir = self.state_dir / "rounds"
+        reap_orphaned_workers(self._rounds_dir)  # a trainer the killed daemon left running
         self._residual_path = self.state_dir / "residual.npz"
-        self.feedback = ErrorFeedback.load(self._residual_path)
+        for round_id in self.state.sending:  # prepared before a crash: its residual is final
+            self._promote_residual(round_id)
+        self.feedback = self._load_feedback()
         self.privacy = PrivacyGuard(config.privacy, self.state_dir)
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
@@ -79,8 +102,8 @@ class EdgeService:
         self._events: queue.Queue[Event] = queue.Queue()
         self._next_scan = 0.0
         self._restore_active()
-        for pending in sorted(self.adapters_dir.glob("incoming.*.gguf")):
-            self._events.put(("global", (pending, pending.name.split(".")[1])))
+        for pending in sorted(self.adapters_dir.glob("incoming.*.gguf")):  # handed over, not
+            self._events.put(("global", (pending, incoming_round_id(pending))))  # yet taken
         aggregator = config.federation.aggregator_id
         settings = NodeSettings(
             config.identity.plant_id,
@@ -109,7 +132,11 @@ class EdgeService:
     # -- life ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect to the broker, start the health probes and Sparkplug reporting."""
+        """Connect to the broker, start the health probes and Sparkplug reporting; first
+        queue what a crash left prepared but unsent (an update, an evaluation)."""
+        for round_id in list(self.state.sending):
+            self._queue_prepared_update(round_id)
+        self._publish_evaluations()
         self.transport.start()
         self.health.start()
         self.serving.follow(self.state.active_version, self.state.active_path)
@@ -219,7 +246,7 @@ class EdgeService:
     def _join(self, round_: RoundAnnouncement) -> None:
         if (
             self.node_id not in round_.participants
-            or round_.round_id in self.state.done_rounds
+            or self._done_with(round_.round_id)
             or self.privacy.refusal(round_.round_id) is not None  # epsilon budget (logged)
         ):
             return
@@ -257,10 +284,24 @@ class EdgeService:
         self.secure.join(round_)  # a secure round: publish this box's mask key
         self._start_training(round_, base_path, records)
 
+    def _done_with(self, round_id: str) -> bool:
+        """Whether this box has finished the round; also when its state was lost (moved
+        aside) but the update is still in the outbox: training again would make a second,
+        different update, which the aggregator refuses."""
+        if round_id in self.state.done_rounds:
+            return True
+        if self._update_queued(round_id):
+            log.warning(
+                "round %s: its update is already in the outbox; not training again", round_id
+            )
+            self._mark_done(round_id, None)
+            return True
+        return False
+
     def _global_file(self, round_: RoundAnnouncement) -> Path | None:
         if round_.global_version == 0:
             return None
-        path = self.adapters_dir / f"global-v{round_.global_version}.gguf"
+        path = self._global_path(round_.global_version)
         if path.exists() and file_sha256(path) == round_.global_artifact_sha256:
             return path
         return None
@@ -336,16 +377,8 @@ class EdgeService:
         )
         encoded = encode_update(corrected, run.records, round_.plan.codec, context, dp)
         self.feedback.remember(corrected, encoded.sent)
-        self.feedback.save(self._residual_path)
-        self.transport.sender.send_artifact(
-            "update",
-            encoded.blob,
-            [self.config.federation.aggregator_id],
-            meta={"round_id": round_.round_id},
-        )
-        self._mark_done(round_.round_id, local_nll)
-        self.state.train_seconds[round_.round_id] = outcome.result.seconds
-        self.state.save(self._state_path)
+        self._prepare_update(round_.round_id, encoded.blob, local_nll, outcome.result.seconds)
+        self._queue_prepared_update(round_.round_id)
         log.info(
             "round %s: update sent, %d bytes (%.1fx smaller than dense fp32); local held-out "
             "NLL %.4f",
@@ -354,6 +387,64 @@ class EdgeService:
             encoded.ratio,
             local_nll,
         )
+
+    def _prepare_update(self, round_id: str, blob: bytes, local_nll: float, seconds: float) -> None:
+        """Write the update and its residual beside the round, then mark the round done and
+        'sending' in one state write: from there a restart sends these bytes (never a
+        retrained, different update the aggregator would refuse), and the residual belongs
+        to an update that is sent."""
+        work = self._rounds_dir / round_id
+        work.mkdir(parents=True, exist_ok=True)
+        write_durably(work / UPDATE_FILE, blob)
+        self.feedback.save(work / STAGED_RESIDUAL)
+        self.state.done_rounds.append(round_id)
+        self.state.local_nll[round_id] = local_nll
+        self.state.train_seconds[round_id] = seconds
+        self.state.sending.append(round_id)
+        self.state.save(self._state_path)  # the commit point
+
+    def _queue_prepared_update(self, round_id: str) -> None:
+        """Put a prepared update in the outbox unless it is there already; repeatable, so a
+        restart finishes whatever step a crash interrupted."""
+        self._promote_residual(round_id)
+        update = self._rounds_dir / round_id / UPDATE_FILE
+        if self._update_queued(round_id):
+            log.info("round %s: update already in the outbox", round_id)
+        elif update.exists():  # else: sent and acknowledged before the crash, or lost
+            self.transport.sender.send_artifact(
+                "update",
+                update.read_bytes(),
+                [self.config.federation.aggregator_id],
+                meta={"round_id": round_id},
+            )
+        else:
+            log.error("round %s: the prepared update %s is gone; not sent", round_id, update)
+        failpoint("edge.update_queued")
+        self.state.sending.remove(round_id)
+        self.state.save(self._state_path)
+        update.unlink(missing_ok=True)
+
+    def _promote_residual(self, round_id: str) -> None:
+        """The residual staged with a prepared update becomes the box's residual."""
+        staged = self._rounds_dir / round_id / STAGED_RESIDUAL
+        if staged.exists():
+            staged.replace(self._residual_path)
+
+    def _update_queued(self, round_id: str) -> bool:
+        """Whether the outbox holds this box's update for `round_id` (not yet acknowledged)."""
+        return any(
+            entry.kind == "update" and entry.meta.get("round_id") == round_id
+            for entry in self.transport.outbox.artifacts()
+        )
+
+    def _load_feedback(self) -> ErrorFeedback:
+        """The residual; one that cannot be read is moved aside (the next update carries
+        less correction, which costs a little accuracy and nothing else)."""
+        try:
+            return ErrorFeedback.load(self._residual_path)
+        except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            quarantine(self._residual_path, exc)
+            return ErrorFeedback()
 
     def _round_base(self, round_: RoundAnnouncement) -> GlobalAdapter:
         path = self._global_file(round_)
@@ -382,25 +473,62 @@ class EdgeService:
     # -- global adapters ------------------------------------------------------------------------
 
     def _restore_active(self) -> None:
-        if self.state.active_path and Path(self.state.active_path).exists():
-            try:
-                self.active = self.runtime.load_adapter(Path(self.state.active_path))
-                self.runtime.set_adapters([(self.active, 1.0)])
-                log.info("serving global adapter v%s", self.state.active_version)
-            except AdapterError as exc:
-                log.error("cannot restore the active adapter, serving the base model: %s", exc)
-                self.state.active_path, self.state.active_version = None, None
+        """Serve what the state names; an adapter file that cannot be loaded is moved aside
+        and the box serves the base model (rather than failing at every start)."""
+        if not self.state.active_path:
+            return
+        path = Path(self.state.active_path)
+        try:
+            self.active = self.runtime.load_adapter(path)
+        except AdapterError as exc:
+            if path.exists():
+                quarantine(path, exc)
+            log.error(
+                "cannot restore global adapter v%s; serving the base model",
+                self.state.active_version,
+            )
+            self.state.active_path, self.state.active_version = None, None
+            self.state.save(self._state_path)
+            return
+        self.runtime.set_adapters([(self.active, 1.0)])
+        log.info("serving global adapter v%s", self.state.active_version)
+
+    def _global_path(self, version: int) -> Path:
+        return self.adapters_dir / f"global-v{version}.gguf"
 
     def _take_global(self, incoming: Path, round_id: str) -> None:
+        """Take a delivered global adapter. The hand-over file goes only once the state
+        names the outcome, so a crash at any step repeats the work at the next start; a
+        version already evaluated is not taken twice (the aggregator may send one again
+        after a crash of its own), so its evaluation is published once."""
         try:
             version = load_global_adapter(incoming).version
         except (AdapterError, ValueError) as exc:
-            incoming.unlink(missing_ok=True)
+            quarantine(incoming, exc)
             log.error("refused a global adapter: %s", exc)
             return
-        path = self.adapters_dir / f"global-v{version}.gguf"
-        incoming.replace(path)
-        candidate = self.runtime.load_adapter(path)
+        if version in self.state.evaluated_versions and self._global_path(version).exists():
+            log.info(
+                "global adapter v%d delivered again: already installed and evaluated; ignored",
+                version,
+            )
+        else:
+            self._install(incoming, version, round_id)
+        incoming.unlink(missing_ok=True)
+        if self._waiting is not None and self._waiting.global_version == version:
+            waiting, self._waiting = self._waiting, None
+            self._join(waiting)
+
+    def _install(self, incoming: Path, version: int, round_id: str) -> None:
+        """Copy into place, evaluate against what is served, activate if newer; activation
+        and the evaluation to send are saved in one state write."""
+        path = copy_durably(incoming, self._global_path(version))
+        failpoint("edge.global_installing")
+        try:
+            candidate = self.runtime.load_adapter(path)
+        except AdapterError as exc:
+            quarantine(path, exc)
+            return
         held = held_out(
             self.runtime,
             self.spool.records(heldout=True),
@@ -408,7 +536,6 @@ class EdgeService:
             self.config.evaluation,
         )
         scores = compare(self.runtime, held, candidate, self.active, self.config.evaluation)
-        nll_base, tokens, nll_global = scores.base.nll, scores.base.tokens, scores.candidate.nll
         served = self.state.active_version
         pinned = self.state.pinned_version is not None
         newer = self.state.active_version is None or version > self.state.active_version
@@ -418,42 +545,58 @@ class EdgeService:
             self._activate(candidate, version, path)
         else:
             self.runtime.free_adapter(candidate)
-        if tokens == 0:  # no held-out records yet: no number to report (NaN is not one)
+        activated = self.state.active_version == version
+        self.state.evaluated_versions.append(version)
+        if scores.base.tokens == 0:  # no held-out records yet: no number (NaN is not one)
             log.warning("global adapter v%d: no held-out records to evaluate it on", version)
         else:
-            self.transport.publish(
-                "evaluation",
-                Evaluation(
-                    round_id=round_id or "unknown",
-                    global_version=version,
-                    node_id=self.node_id,
-                    heldout_tokens=tokens,
-                    nll_base=nll_base,
-                    nll_local=self.state.local_nll.get(round_id),
-                    nll_global=nll_global,
-                    activated=self.state.active_version == version,
-                    current_version=served,
-                    nll_current=scores.current.nll,
-                    task_records=scores.task_records,
-                    task_base=scores.base.task,
-                    task_current=scores.current.task,
-                    task_global=scores.candidate.task,
-                    train_seconds=self.state.train_seconds.get(round_id),
-                ),
+            evaluation = Evaluation(
+                round_id=round_id or "unknown",
+                global_version=version,
+                node_id=self.node_id,
+                heldout_tokens=scores.base.tokens,
+                nll_base=scores.base.nll,
+                nll_local=self.state.local_nll.get(round_id),
+                nll_global=scores.candidate.nll,
+                activated=activated,
+                current_version=served,
+                nll_current=scores.current.nll,
+                task_records=scores.task_records,
+                task_base=scores.base.task,
+                task_current=scores.current.task,
+                task_global=scores.candidate.task,
+                train_seconds=self.state.train_seconds.get(round_id),
             )
+            self.state.unsent_evaluations.append(evaluation.model_dump(mode="json"))
+        self.state.save(self._state_path)  # the commit point
+        failpoint("edge.global_activated")
+        self._publish_evaluations()
         log.info(
             "global adapter v%d: held-out NLL %.4f (base %.4f)%s",
             version,
-            nll_global,
-            nll_base,
-            "" if self.state.active_version == version else "; not activated",
+            scores.candidate.nll,
+            scores.base.nll,
+            "" if activated else "; not activated",
         )
-        if self._waiting is not None and self._waiting.global_version == version:
-            waiting, self._waiting = self._waiting, None
-            self._join(waiting)
+
+    def _publish_evaluations(self) -> None:
+        """Queue the evaluations the state holds, then forget them (a crash in between
+        sends one twice: the one window left, a fraction of a millisecond wide)."""
+        if not self.state.unsent_evaluations:
+            return
+        for raw in self.state.unsent_evaluations:
+            try:
+                evaluation = Evaluation.model_validate(raw)
+            except ValidationError as exc:
+                log.error("dropped an evaluation the state holds but cannot send: %s", exc)
+                continue
+            self.transport.publish("evaluation", evaluation)
+        self.state.unsent_evaluations = []
+        self.state.save(self._state_path)
 
     def _activate(self, adapter: Adapter, version: int, path: Path) -> None:
-        """Hot-swap: the new adapter serves from the next request; the old one is kept."""
+        """Hot-swap: the new adapter serves from the next request; the old one is kept.
+        The caller saves the state (with whatever else belongs to the same step)."""
         previous = self.active
         self.runtime.set_adapters([(adapter, 1.0)])
         if previous is not None:
@@ -464,7 +607,6 @@ class EdgeService:
         )
         self.state.active_version, self.state.active_path = version, str(path)
         self.active = adapter
-        self.state.save(self._state_path)
 
     def _roll_back_to(self, version: int) -> None:
         """Serve `version` again (0: the base model); a pinned box keeps its pin."""
@@ -474,7 +616,7 @@ class EdgeService:
             return
         if (self.state.active_version or 0) == version:
             return
-        path = self.adapters_dir / f"global-v{version}.gguf"
+        path = self._global_path(version)
         if version > 0 and path.exists():
             self._activate(self.runtime.load_adapter(path), version, path)
         elif version == 0:  # version 0 has B = 0: the base model itself
@@ -505,7 +647,7 @@ class EdgeService:
             )
             log.warning("rolled back to global adapter v%s on command", self.state.active_version)
         elif command.action == "pin" and command.global_version is not None:
-            path = self.adapters_dir / f"global-v{command.global_version}.gguf"
+            path = self._global_path(command.global_version)
             self.state.pinned_version = command.global_version
             if path.exists():
                 self._activate(self.runtime.load_adapter(path), command.global_version, path)

@@ -2,12 +2,25 @@
 
 One small JSON file, replaced atomically. The error-feedback residual lives beside it
 (`residual.npz`), the adapter files in `adapters/`.
+
+A file the box cannot use (torn by hand, edited into nonsense, written by a version that
+disagrees about its shape) is moved aside with a log line and the box starts fresh: a daemon
+that raised on its own state at every start would be a crash loop under systemd's
+`Restart=`. Disk errors (`OSError`) are not set aside: they are not the file's fault, and a
+restart may well succeed.
 """
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -20,15 +33,42 @@ class EdgeState:
     previous_path: str | None = None
     pinned_version: int | None = None
     done_rounds: list[str] = field(default_factory=list)
+    """Rounds this box is finished with: trained and its update prepared, or given up."""
     local_nll: dict[str, float] = field(default_factory=dict)
     train_seconds: dict[str, float] = field(default_factory=dict)
+    sending: list[str] = field(default_factory=list)
+    """Done rounds whose prepared update (`rounds/<id>/update.bin`) may not be in the outbox
+    yet: a restart queues it (unless the outbox has it) instead of training again."""
+    evaluated_versions: list[int] = field(default_factory=list)
+    """Global versions installed and evaluated: a second delivery of one is a no-op."""
+    unsent_evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """Evaluation messages decided with their activation, not yet in the outbox."""
 
     @classmethod
     def load(cls, path: Path) -> "EdgeState":
-        """Read the state; a missing file is a fresh box."""
+        """Read the state; a missing file is a fresh box, a bad one is moved aside."""
         if not path.exists():
             return cls()
-        return cls(**json.loads(path.read_text()))
+        try:
+            return cls.from_json(json.loads(path.read_bytes()))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            quarantine(path, exc)
+            return cls()
+
+    @classmethod
+    def from_json(cls, data: object) -> "EdgeState":
+        """Check every field's type (`ValueError` naming the first bad one); keys this
+        version does not know are ignored with a warning (a newer version wrote them)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, not {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            log.warning("edge state: ignoring unknown fields %s", ", ".join(unknown))
+        for name, check in _CHECKS.items():
+            if name in data and not check(data[name]):
+                raise ValueError(f"field {name!r} has a bad value: {data[name]!r:.80}")
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: Path) -> None:
         """Write atomically (a crash leaves the old or the new file, never half of one)."""
@@ -37,3 +77,88 @@ class EdgeState:
         with tmp.open("rb") as handle:
             os.fsync(handle.fileno())
         tmp.replace(path)
+
+
+def quarantine(path: Path, exc: Exception) -> Path:
+    """Set a bad file of the box's own aside (kept for a post-mortem); where it went."""
+    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    path.replace(aside)
+    log.error("%s cannot be used (%s); moved aside to %s", path, exc, aside.name)
+    return aside
+
+
+def write_durably(path: Path, data: bytes) -> Path:
+    """Write via a fsynced temporary file and a rename: the old file or the new, whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    _sync_folder(path.parent)
+    return path
+
+
+def copy_durably(source: Path, target: Path) -> Path:
+    """Copy `source` to `target` the same way (the source stays: it is the hand-over)."""
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.copyfile(source, tmp)
+    with tmp.open("rb") as handle:
+        os.fsync(handle.fileno())
+    tmp.replace(target)
+    _sync_folder(target.parent)
+    return target
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return _int(value) or isinstance(value, float)
+
+
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check: Callable[[object], bool]) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, list) and all(check(v) for v in value)
+
+
+def _str_to_number(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and _number(v) for k, v in value.items()
+    )
+
+
+def _str(value: object) -> bool:
+    return isinstance(value, str)
+
+
+def _object(value: object) -> bool:
+    return isinstance(value, dict)
+
+
+_CHECKS: dict[str, Callable[[object], bool]] = {
+    "active_version": _optional(_int),
+    "active_path": _optional(_str),
+    "previous_version": _optional(_int),
+    "previous_path": _optional(_str),
+    "pinned_version": _optional(_int),
+    "done_rounds": _list_of(_str),
+    "local_nll": _str_to_number,
+    "train_seconds": _str_to_number,
+    "sending": _list_of(_str),
+    "evaluated_versions": _list_of(_int),
+    "unsent_evaluations": _list_of(_object),
+}

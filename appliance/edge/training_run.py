@@ -3,8 +3,15 @@
 The worker process does the training (see `appliance.llm.training`); this thread only waits
 for it. The daemon polls `result()`; on SIGTERM it sets `stop`, and the worker finishes its
 current step and writes a valid adapter.
+
+The worker runs in its own session, so a SIGKILL of the daemon does not reach it: it dies
+only at its next progress line (a broken pipe), which can be a model load or a long step
+later, and never while it is frozen by `pause` (SIGSTOP). Its pid is therefore kept in the
+round's folder while it runs, and the restarted daemon kills a worker left behind
+(`reap_orphaned_workers`) before it trains again: two trainers would not fit in memory.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -17,9 +24,12 @@ from appliance.data.records import Record
 from appliance.errors import ApplianceError
 from appliance.federation.messages import RoundAnnouncement
 from appliance.llm.training.job import TrainingResult
-from appliance.llm.training.supervisor import TrainingRequest, train
+from appliance.llm.training.supervisor import WORKER_MODULE, TrainingRequest, train
+from appliance.system.failpoints import failpoint
 
 log = logging.getLogger(__name__)
+
+PID_FILE = "worker.pid"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class TrainingRun:
         self._thread = threading.Thread(
             target=self._run, name=f"train-{self.round_id}", daemon=True
         )
+        self._pid_file = request.out.parent / PID_FILE
 
     def start(self) -> None:
         """Begin training."""
@@ -52,10 +63,22 @@ class TrainingRun:
 
     def _run(self) -> None:
         try:
-            result = train(self.request, self.progress.update, self.stop, self._paused)
+            result = train(self.request, self._on_progress, self.stop, self._paused)
             self._outcome = RunOutcome(result, None)
         except ApplianceError as exc:
             self._outcome = RunOutcome(None, str(exc))
+        finally:
+            self._pid_file.unlink(missing_ok=True)  # the supervisor has waited for the worker
+
+    def _on_progress(self, event: dict[str, object]) -> None:
+        """The supervisor's callback: the first report means the worker really runs, so its
+        pid is written down for a restart after a crash (and the crash test's point)."""
+        first = not self.progress
+        self.progress.update(event)
+        pid = event.get("worker_pid")
+        if first and isinstance(pid, int):
+            write_pid_file(self._pid_file, pid)
+            failpoint("edge.training")
 
     def outcome(self) -> RunOutcome | None:
         """None while running."""
@@ -99,3 +122,48 @@ def write_records(path: Path, records: list[Record]) -> Path:
             )
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
+
+
+def write_pid_file(path: Path, pid: int) -> None:
+    """`pid start-time`: the start time tells the worker from a later process with its pid."""
+    path.write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def reap_orphaned_workers(rounds_dir: Path) -> list[int]:
+    """Kill the trainer workers an earlier run of the daemon left behind; their pids."""
+    reaped = []
+    for pid_file in sorted(rounds_dir.glob(f"*/{PID_FILE}")):
+        pid = _orphan(pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # a frozen (SIGSTOP) worker dies of it too
+                log.warning(
+                    "killed trainer worker %d left behind by the previous run (%s)",
+                    pid,
+                    pid_file.parent.name,
+                )
+                reaped.append(pid)
+        pid_file.unlink(missing_ok=True)
+    return reaped
+
+
+def _orphan(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if that process is still the trainer worker it names."""
+    try:
+        pid_text, start = pid_file.read_text().split()
+        pid = int(pid_text)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):  # gone, or a torn file: nothing to kill
+        return None
+    if WORKER_MODULE.encode() not in cmdline or _start_time(pid) != start:
+        return None
+    return pid
+
+
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/PID/stat (clock ticks since boot); '?' where there is no /proc."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rpartition(")")[2].split()[19]
