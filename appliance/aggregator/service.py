@@ -53,6 +53,7 @@ from appliance.privacy.secagg.daemon import SecureRounds
 from appliance.privacy.secagg.session import MASKED_UPDATE
 from appliance.rollout.controller import Actions, Rollout
 from appliance.system.failpoints import failpoint
+from appliance.system.files import quarantine
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.fleet_host import FleetHealthService
@@ -435,11 +436,10 @@ class AggregatorService:
 
     def _finish_round(self, round_: Round) -> None:
         """Aggregate (unless the audit shows a crash came after that) and publish."""
-        if round_.state == RoundState.AGGREGATED:
-            self._publish_global(self.store.get(round_.round_id))
-            return
         audited = self.audit.find("round_aggregated", "round_id", round_.round_id)
-        if audited is not None:
+        if round_.state == RoundState.AGGREGATED:
+            self._publish_global(round_, _strategy_name(audited or {}))
+        elif audited is not None:
             self._adopt_audited(round_, audited)
         else:
             self._aggregate(round_)
@@ -571,7 +571,7 @@ class AggregatorService:
             },
         )
         failpoint("aggregator.round_audited")
-        self._record(round_, new)
+        self._record(round_, new, str(result.report.get("strategy")))
 
     def _adopt_audited(self, round_: Round, audited: dict[str, object]) -> None:
         """The crash came after the audit line: the file it names is the round's result (it
@@ -580,16 +580,16 @@ class AggregatorService:
         path = self._global_path(version)
         if not path.exists() or file_sha256(path) != audited["global_sha256"]:
             raise ValueError(f"{path.name} is missing or differs from the audited sha256")
-        self._record(round_, load_global_adapter(path))
+        self._record(round_, load_global_adapter(path), _strategy_name(audited))
 
-    def _record(self, round_: Round, new: GlobalAdapter) -> None:
+    def _record(self, round_: Round, new: GlobalAdapter, strategy: str) -> None:
         self.store.mark_aggregated(round_.round_id, new.version)
         if new.version > self.current.version:
             self.current = new
         failpoint("aggregator.round_recorded")
-        self._publish_global(self.store.get(round_.round_id))
+        self._publish_global(self.store.get(round_.round_id), strategy)
 
-    def _publish_global(self, round_: Round) -> None:
+    def _publish_global(self, round_: Round, strategy: str) -> None:
         """Queue the round's global adapter for its boxes (canaries first when staged rollout
         is on) and mark the round published. A crash before the mark sends it again; a box
         installs and evaluates a version once."""
@@ -604,12 +604,10 @@ class AggregatorService:
             "round_id": round_.round_id,
             "global_version": version,
         }
-        if not self._queued(meta):  # a crash after queueing: the outbox still has it
+        if not self.transport.outbox.holds_artifact("global", meta):  # queued before a crash
             self.transport.sender.send_artifact("global", path, list(recipients), meta=meta)
         failpoint("aggregator.global_queued")
         digest = file_sha256(path)
-        audited = self.audit.find("round_aggregated", "round_id", round_.round_id) or {}
-        report = audited.get("strategy")
         self.transport.publish(
             "global",
             GlobalPublished(
@@ -617,7 +615,7 @@ class AggregatorService:
                 global_version=version,
                 artifact_sha256=digest,
                 participants=round_.participants,
-                strategy=str(report.get("strategy", "")) if isinstance(report, dict) else "",
+                strategy=strategy,
             ),
         )
         self.store.mark_published(round_.round_id, time.time())
@@ -628,13 +626,6 @@ class AggregatorService:
             version,
             digest[:12],
             len(recipients),
-        )
-
-    def _queued(self, meta: dict[str, str | int | float | bool]) -> bool:
-        """Whether a global artifact with this round and version waits in the outbox."""
-        return any(
-            entry.kind == "global" and entry.meta == meta
-            for entry in self.transport.outbox.artifacts()
         )
 
     # -- staged rollout (appliance.rollout decides; this only sends) ----------------------------
@@ -663,12 +654,6 @@ class AggregatorService:
     def _global_path(self, version: int) -> Path:
         return self.globals_dir / f"global-v{version}.gguf"
 
-    def _quarantine_file(self, path: Path, exc: Exception) -> None:
-        """Set a bad file of our own aside (kept for a post-mortem) and go on without it."""
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        path.replace(aside)
-        log.error("%s cannot be read (%s); moved aside to %s", path, exc, aside.name)
-
     def _load_or_create_global(self) -> GlobalAdapter:
         versions = sorted(
             int(p.stem.removeprefix("global-v")) for p in self.globals_dir.glob("global-v*.gguf")
@@ -678,7 +663,7 @@ class AggregatorService:
             try:
                 return load_global_adapter(self._global_path(version))
             except (AdapterError, ValueError) as exc:
-                self._quarantine_file(self._global_path(version), exc)
+                quarantine(self._global_path(version), exc)
         training = self.config.training
         initial = initial_global_adapter(
             self._shapes,
@@ -697,3 +682,9 @@ class AggregatorService:
             "initial",
         )
         return initial
+
+
+def _strategy_name(audited: dict[str, object]) -> str:
+    """The strategy named in a round_aggregated record (its report's "strategy")."""
+    report = audited.get("strategy")
+    return str(report.get("strategy", "")) if isinstance(report, dict) else ""

@@ -18,7 +18,7 @@ from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out, nll_of_file
-from appliance.edge.state import EdgeState, copy_durably, quarantine, write_durably
+from appliance.edge.state import EdgeState
 from appliance.edge.training_run import (
     RunOutcome,
     TrainingRun,
@@ -47,6 +47,7 @@ from appliance.privacy.guard import PrivacyGuard
 from appliance.privacy.secagg.daemon import SecureBox
 from appliance.serve.edge import EdgeServing
 from appliance.system.failpoints import failpoint
+from appliance.system.files import copy_durably, quarantine, write_durably
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.metrics import DaemonState
@@ -290,7 +291,7 @@ class EdgeService:
         different update, which the aggregator refuses."""
         if round_id in self.state.done_rounds:
             return True
-        if self._update_queued(round_id):
+        if self.transport.outbox.holds_artifact("update", {"round_id": round_id}):
             log.warning(
                 "round %s: its update is already in the outbox; not training again", round_id
             )
@@ -408,7 +409,7 @@ class EdgeService:
         restart finishes whatever step a crash interrupted."""
         self._promote_residual(round_id)
         update = self._rounds_dir / round_id / UPDATE_FILE
-        if self._update_queued(round_id):
+        if self.transport.outbox.holds_artifact("update", {"round_id": round_id}):
             log.info("round %s: update already in the outbox", round_id)
         elif update.exists():  # else: sent and acknowledged before the crash, or lost
             self.transport.sender.send_artifact(
@@ -429,13 +430,6 @@ class EdgeService:
         staged = self._rounds_dir / round_id / STAGED_RESIDUAL
         if staged.exists():
             staged.replace(self._residual_path)
-
-    def _update_queued(self, round_id: str) -> bool:
-        """Whether the outbox holds this box's update for `round_id` (not yet acknowledged)."""
-        return any(
-            entry.kind == "update" and entry.meta.get("round_id") == round_id
-            for entry in self.transport.outbox.artifacts()
-        )
 
     def _load_feedback(self) -> ErrorFeedback:
         """The residual; one that cannot be read is moved aside (the next update carries

@@ -12,13 +12,12 @@ restart may well succeed.
 
 import json
 import logging
-import os
-import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from appliance.system.files import quarantine, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -72,51 +71,7 @@ class EdgeState:
 
     def save(self, path: Path) -> None:
         """Write atomically (a crash leaves the old or the new file, never half of one)."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-
-
-def quarantine(path: Path, exc: Exception) -> Path:
-    """Set a bad file of the box's own aside (kept for a post-mortem); where it went."""
-    aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-    path.replace(aside)
-    log.error("%s cannot be used (%s); moved aside to %s", path, exc, aside.name)
-    return aside
-
-
-def write_durably(path: Path, data: bytes) -> Path:
-    """Write via a fsynced temporary file and a rename: the old file or the new, whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-    _sync_folder(path.parent)
-    return path
-
-
-def copy_durably(source: Path, target: Path) -> Path:
-    """Copy `source` to `target` the same way (the source stays: it is the hand-over)."""
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.copyfile(source, tmp)
-    with tmp.open("rb") as handle:
-        os.fsync(handle.fileno())
-    tmp.replace(target)
-    _sync_folder(target.parent)
-    return target
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename in `folder` survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        write_durably(path, json.dumps(asdict(self), indent=1).encode())
 
 
 def _int(value: object) -> bool:

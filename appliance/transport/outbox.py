@@ -269,6 +269,15 @@ class Outbox:
             for seq, aid, kind, size, sha, recipients, acked, meta, created, manifest in rows
         ]
 
+    def holds_artifact(self, kind: str, meta: dict[str, str | int | float | bool]) -> bool:
+        """Whether an artifact of `kind` whose meta includes `meta` still waits for acks (a
+        daemon restarted after a crash asks before it queues the same thing again)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT meta FROM entries WHERE kind = 'artifact' AND artifact_kind = ?", (kind,)
+            ).fetchall()
+        return any(meta.items() <= json.loads(row).items() for (row,) in rows)
+
     def read(self, artifact_id: str, offset: int, length: int) -> bytes | None:
         """`length` bytes of an artifact from `offset`; None if the entry is gone."""
         try:
