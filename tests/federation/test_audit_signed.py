@@ -110,9 +110,7 @@ def test_stripping_signer_and_signature_breaks_the_hash(tmp_path: Path, keys) ->
         check(log.path, load_public_key(public))
 
 
-def test_an_older_unsigned_log_verifies_chain_only_and_not_with_a_key(
-    tmp_path: Path, keys
-) -> None:
+def test_an_older_unsigned_log_verifies_chain_only_and_not_with_a_key(tmp_path: Path, keys) -> None:
     _key, public = keys
     log = AuditLog(tmp_path / "audit.jsonl")
     for i in range(3):

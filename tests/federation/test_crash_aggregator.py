@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from appliance.aggregator.service import AggregatorService
-from appliance.config import load_config
 from appliance.demo.broker import start_broker
 from appliance.demo.fleet import AGGREGATOR, FleetLayout, FleetOptions, lay_out
 from appliance.demo.run import TINY_TRAINING, spawn_node, stop_processes
@@ -24,6 +23,7 @@ from appliance.llm.tiny import make_tiny_model
 from appliance.rollout.store import RolloutStore, Stage
 from appliance.system.failpoints import ENVIRONMENT, POINTS
 from tests.rollout.fleet import add_section, audit_records, edge_state, wait_until
+from tests.support.fleet_watch import aggregator_service, daemon_log, evaluations, stored_updates
 
 BOXES = 2
 ROUNDS = 2
@@ -59,14 +59,16 @@ def test_aggregator_killed_at_each_step_publishes_the_round_once(
     tmp_path: Path, tiny_model: Path, point: str
 ) -> None:
     broker, port = start_broker(tmp_path / "broker")
-    layout = lay_out(tmp_path, FleetOptions(BOXES, ROUNDS, str(tiny_model), port, 24, TINY_TRAINING))
+    layout = lay_out(
+        tmp_path, FleetOptions(BOXES, ROUNDS, str(tiny_model), port, 24, TINY_TRAINING)
+    )
     if CASES[point]:
         add_section(layout, AGGREGATOR, '[rollout]\ncanaries = ["box-1"]\n')
     boxes = [spawn_node(layout, box) for box in layout.boxes]
     aggregator = spawn_node(layout, AGGREGATOR, env={ENVIRONMENT: f"{point}=kill"})
     try:
-        assert aggregator.wait(timeout=300) == -9, _log(layout, AGGREGATOR)
-        assert f"failpoint {point} fired" in _log(layout, AGGREGATOR)
+        assert aggregator.wait(timeout=300) == -9, daemon_log(layout, AGGREGATOR)[-4000:]
+        assert f"failpoint {point} fired" in daemon_log(layout, AGGREGATOR)[-4000:]
         aggregator = spawn_node(layout, AGGREGATOR)
         running = [aggregator, *boxes]
         wait_until(lambda: _settled(layout, ROUNDS), f"{ROUNDS} rounds to settle", running)
@@ -98,10 +100,10 @@ def _check_rounds(layout: FleetLayout) -> None:
     assert not audit_records(layout.audit_log, "round_failed")
     for record in done:
         assert sorted(record["participants"]) == list(layout.boxes)
-        assert _stored_updates(layout, record["round_id"]) == sorted(layout.boxes)
+        assert stored_updates(layout, record["round_id"]) == sorted(layout.boxes)
     for box in layout.boxes:
         for version in range(1, ROUNDS + 1):
-            count = len(_evaluations(layout, box, version))
+            count = len(evaluations(layout, box, version))
             assert count == 1, f"{box} evaluated v{version} {count} times"
     globals_dir = layout.state_dir(AGGREGATOR) / "globals"
     names = sorted(p.name for p in globals_dir.glob("global-v*.gguf"))
@@ -127,39 +129,19 @@ def _every_box_serves(layout: FleetLayout, version: int) -> bool:
     return all(edge_state(layout, box).get("active_version") == version for box in layout.boxes)
 
 
-def _evaluations(layout: FleetLayout, box: str, version: int) -> list[dict]:
-    return [
-        e
-        for e in audit_records(layout.audit_log, "evaluation")
-        if e["node_id"] == box and e["global_version"] == version
-    ]
-
-
 def _every_box_evaluated(layout: FleetLayout, version: int) -> bool:
-    return all(_evaluations(layout, box, version) for box in layout.boxes)
+    return all(evaluations(layout, box, version) for box in layout.boxes)
 
 
 def _opened(layout: FleetLayout) -> list[dict]:
     return audit_records(layout.audit_log, "round_opened")
 
 
-def _stored_updates(layout: FleetLayout, round_id: str) -> list[str]:
-    db = layout.state_dir(AGGREGATOR) / "rounds.sqlite"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT node_id FROM updates WHERE round_id = ?", (round_id,))
-        return sorted(node for (node,) in rows)
-
-
-def _log(layout: FleetLayout, node: str) -> str:
-    path = layout.root / node / "daemon.log"
-    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
-
-
 def _service(tmp_path: Path, tiny_model: Path) -> AggregatorService:
     """An aggregator in this process (no broker needed for what these tests look at)."""
-    options = FleetOptions(1, 3, str(tiny_model), 1, 10, TINY_TRAINING)
-    layout = lay_out(tmp_path, options)
-    return AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+    return aggregator_service(
+        lay_out(tmp_path, FleetOptions(1, 3, str(tiny_model), 1, 10, TINY_TRAINING))
+    )
 
 
 def test_a_round_whose_own_state_is_bad_is_quarantined_and_the_daemon_goes_on(
@@ -195,7 +177,7 @@ def test_a_corrupt_global_adapter_file_is_moved_aside_at_start(
     globals_dir = first.globals_dir
     first.stop()
     (globals_dir / "global-v1.gguf").write_bytes(b"GGUF" + b"\0" * 10)  # torn by hand
-    again = _service_again(tmp_path)
+    again = aggregator_service(FleetLayout(tmp_path, ("box-1",)))
     try:
         assert again.current.version == 0
         assert not (globals_dir / "global-v1.gguf").exists()
@@ -204,8 +186,3 @@ def test_a_corrupt_global_adapter_file_is_moved_aside_at_start(
         ]
     finally:
         again.stop()
-
-
-def _service_again(tmp_path: Path) -> AggregatorService:
-    config = load_config(tmp_path / AGGREGATOR / "aggregator.toml")
-    return AggregatorService(config)  # type: ignore[arg-type]

@@ -13,8 +13,6 @@ import shutil
 import signal
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from subprocess import PIPE, Popen
@@ -39,7 +37,8 @@ from appliance.llm.gguf_file import open_gguf, read_model_info, tensor_shapes
 from appliance.llm.tiny import make_tiny_model
 from appliance.llm.training.supervisor import WORKER_MODULE
 from appliance.system.failpoints import ENVIRONMENT, POINTS
-from tests.rollout.fleet import audit_records, edge_state
+from tests.rollout.fleet import audit_records, edge_state, wait_until
+from tests.support.fleet_watch import daemon_log
 
 BOXES = 2
 RECORDS = 24
@@ -81,16 +80,23 @@ def test_box_killed_at_each_step_is_counted_once_and_serves_the_new_global(
         others += [spawn_node(layout, box) for box in layout.boxes[1:]]
     restarted = None
     try:
-        assert killed.wait(timeout=180) == -9, _log(layout, KILLED)
-        assert f"failpoint {point} fired" in _log(layout, KILLED)
+        assert killed.wait(timeout=180) == -9, daemon_log(layout, KILLED)[-4000:]
+        assert f"failpoint {point} fired" in daemon_log(layout, KILLED)[-4000:]
         restarted = spawn_node(layout, KILLED)
         running = [restarted, *others]
-        _wait(lambda: not _workers_started_with(armed), "the killed run's trainer to go", running)
+        wait_until(
+            lambda: not _workers_started_with(armed),
+            "the killed run's trainer to go",
+            running,
+            WAIT_S,
+        )
         if late:
-            _wait(lambda: _round_done_by(layout, KILLED), "box-1 to finish the round", running)
+            wait_until(
+                lambda: _round_done_by(layout, KILLED), "box-1 to finish the round", running, WAIT_S
+            )
             others += [spawn_node(layout, box) for box in layout.boxes[1:]]
             running = [restarted, *others]
-        _wait(lambda: _settled(layout), "the round to settle on every box", running)
+        wait_until(lambda: _settled(layout), "the round to settle on every box", running, WAIT_S)
         _check(layout)
         assert all(p.poll() is None for p in running), "a daemon exited after the restart"
     finally:
@@ -167,21 +173,6 @@ def _workers_started_with(marker: str) -> list[int]:
         if ours and "\nState:\tZ" not in status:  # a zombie is dead, only not reaped yet
             found.append(int(proc.name))
     return found
-
-
-def _wait(condition: Callable[[], object], what: str, processes: list[Popen[bytes]]) -> None:
-    """Poll until `condition` holds; fail early when a daemon died."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        for process in processes:
-            assert process.poll() is None, f"a daemon exited ({process.args}) waiting for {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def _log(layout: FleetLayout, node: str) -> str:
-    path = layout.root / node / "daemon.log"
-    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
 # -- bad state of the box's own: moved aside, never a crash loop (fast, in-process) ----------

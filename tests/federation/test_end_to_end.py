@@ -15,6 +15,7 @@ from appliance.demo.fleet import AGGREGATOR, FleetOptions, lay_out
 from appliance.demo.run import TINY_TRAINING, spawn_node, stop_process
 from appliance.federation.audit import verify
 from appliance.llm.tiny import make_tiny_model
+from tests.support.fleet_watch import aggregator_service
 
 WAIT_S = 240.0
 
@@ -128,12 +129,11 @@ def test_aggregator_killed_mid_round_completes_the_round_after_restart(tmp_path:
 def test_an_undecodable_update_is_refused_and_the_round_goes_on(
     tmp_path: Path, junk: bytes
 ) -> None:
-    from appliance.aggregator.service import AggregatorService, _IncomingUpdate
-    from appliance.config import load_config
+    from appliance.aggregator.service import _IncomingUpdate
 
     options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
     layout = lay_out(tmp_path, options)
-    service = AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+    service = aggregator_service(layout)
     try:
         service.step(now=time.time())
         round_id = service.store.current().round_id  # type: ignore[union-attr]
@@ -184,12 +184,11 @@ def test_stopping_the_demo_stops_every_process(tmp_path: Path, stop_signal: sign
 def test_an_update_for_a_closed_round_is_refused_as_late(tmp_path: Path) -> None:
     """The reason is the round's state, not the global version that moved on since (the
     partition test's cut-off box used to read "made for another ... global version")."""
-    from appliance.aggregator.service import AggregatorService, _IncomingUpdate
-    from appliance.config import load_config
+    from appliance.aggregator.service import _IncomingUpdate
 
     options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
     layout = lay_out(tmp_path, options)
-    service = AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+    service = aggregator_service(layout)
     try:
         service.step(now=time.time())
         round_id = service.store.current().round_id  # type: ignore[union-attr]

@@ -1,42 +1,29 @@
 """A demo plant laid out for rollout tests: real broker, aggregator and boxes as processes."""
 
-import json
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from appliance.demo.fleet import AGGREGATOR, FleetLayout
+from tests.support.fleet_watch import edge_state
+from tests.support.fleet_watch import read_audit as audit_records
+
+__all__ = ["add_section", "audit_records", "edge_state", "set_aggregator", "stop_all", "wait_until"]
 
 WAIT_S = 600.0
 
 
-def audit_records(path: Path, kind: str) -> list[dict[str, Any]]:
-    """The `data` of every audit line of one kind."""
-    if not path.exists():
-        return []
-    return [
-        r["data"]
-        for line in path.read_text().splitlines()
-        if line and (r := json.loads(line))["kind"] == kind
-    ]
-
-
-def wait_until(condition: Callable[[], object], what: str, processes: list[Any]) -> None:
+def wait_until(
+    condition: Callable[[], object], what: str, processes: list[Any], timeout_s: float = WAIT_S
+) -> None:
     """Poll until `condition` holds; fail early when a process died."""
-    deadline = time.monotonic() + WAIT_S
+    deadline = time.monotonic() + timeout_s
     while not condition():
         for process in processes:
             assert process.poll() is None, f"a process exited ({process.args}) waiting for {what}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.3)
-
-
-def edge_state(layout: FleetLayout, box: str) -> dict[str, Any]:
-    """A box's durable state (what it serves, what it keeps for rollback)."""
-    path = layout.state_dir(box) / "edge-state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def set_aggregator(layout: FleetLayout, **replacements: str) -> None:

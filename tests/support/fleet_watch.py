@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.aggregator.service import AggregatorService
+from appliance.config import load_config
 from appliance.data.synthetic import line_for, maintenance_records, write_jsonl
 from appliance.demo.fleet import AGGREGATOR, FleetLayout
 from appliance.demo.run import spawn_node, stop_processes
@@ -22,21 +24,31 @@ POLL_S = 0.1
 LOG_TAIL = 2500
 
 
-def audit_records(layout: FleetLayout, kind: str) -> list[dict[str, Any]]:
-    """The `data` of every audit line of one kind, in order."""
-    if not layout.audit_log.exists():
+def read_audit(path: Path, kind: str) -> list[dict[str, Any]]:
+    """The `data` of every audit line of one kind, in order (a line the aggregator is
+    writing right now is skipped)."""
+    if not path.exists():
         return []
     records = []
-    for line in layout.audit_log.read_text().splitlines():
-        if not line:
-            continue
+    for line in path.read_text().splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # the aggregator is writing this line right now
+            record = json.loads(line) if line else None
+        except json.JSONDecodeError:
             continue
-        if record["kind"] == kind:
+        if record is not None and record["kind"] == kind:
             records.append(record["data"])
     return records
+
+
+def aggregator_service(layout: FleetLayout) -> AggregatorService:
+    """The aggregator of a laid-out fleet in this process, stepped by the test (no broker:
+    its transport connects in the background and nothing it checks needs one)."""
+    return AggregatorService(load_config(layout.config(AGGREGATOR)))  # type: ignore[arg-type]
+
+
+def audit_records(layout: FleetLayout, kind: str) -> list[dict[str, Any]]:
+    """The `data` of every audit line of one kind, in order."""
+    return read_audit(layout.audit_log, kind)
 
 
 def aggregated(layout: FleetLayout, round_id: str) -> dict[str, Any] | None:

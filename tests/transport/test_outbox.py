@@ -46,6 +46,19 @@ def test_artifact_from_file_and_acks_of_every_recipient(tmp_path: Path) -> None:
     assert list(outbox.blob_dir.iterdir()) == []
 
 
+def test_holds_artifact_matches_kind_and_meta_until_every_ack(tmp_path: Path) -> None:
+    outbox = _outbox(tmp_path)
+    meta = {"round_id": "r1-a.b", "global_version": 1}
+    entry = outbox.put_artifact("ab" * 16, "global", b"adapter", ["box1"], meta=meta)
+    assert entry is not None
+    assert outbox.holds_artifact("global", meta)
+    assert outbox.holds_artifact("global", {"round_id": "r1-a.b"})  # a part of the meta
+    assert not outbox.holds_artifact("global", {"round_id": "r1-a.b", "global_version": 2})
+    assert not outbox.holds_artifact("update", {"round_id": "r1-a.b"})
+    outbox.record_ack(entry.seq, "box1")
+    assert not outbox.holds_artifact("global", meta)
+
+
 def test_when_full_lowest_priority_oldest_go_first(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
