@@ -7,7 +7,8 @@ import llama_cpp
 import numpy as np
 import pytest
 
-from appliance.llm.runtime import Runtime
+from appliance.errors import AdapterError
+from appliance.llm.runtime import PromptError, Runtime
 from appliance.llm.tiny import TINY_QUANTS, TinyQuant
 from tests.lora_helpers import attention_shapes, write_random_adapter
 
@@ -75,6 +76,48 @@ def test_stop_strings_end_generation(runtime: Runtime) -> None:
     stopped = runtime.generate(PROMPT, max_tokens=24, temperature=1.0, seed=seed, stop=[stop])
     assert stopped.finish_reason == "stop"
     assert stopped.text == free[: free.index(stop)]
+
+
+def test_generation_samples_what_llama_cpp_python_samples(runtime: Runtime) -> None:
+    """Same tokens as create_completion with the same sampler settings and seed, except that
+    `max_tokens` is a hard limit where create_completion samples on to complete a character."""
+    plain = llama_cpp.Llama(
+        model_path=str(runtime.info.path),
+        n_ctx=256,
+        n_batch=256,
+        n_threads=2,
+        n_threads_batch=2,
+        verbose=False,
+    )
+    exact = 0
+    try:
+        for seed, temperature in [(0, 0.0), *((seed, 1.0) for seed in range(6))]:
+            ours = runtime.generate(PROMPT, max_tokens=16, temperature=temperature, seed=seed)
+            theirs = plain.create_completion(
+                PROMPT, max_tokens=16, temperature=temperature, top_p=0.95, seed=seed
+            )
+            text, tokens = theirs["choices"][0]["text"], theirs["usage"]["completion_tokens"]
+            assert text.startswith(ours.text)
+            assert ours.completion_tokens == min(tokens, 16)
+            if tokens <= 16:
+                assert (ours.text, ours.finish_reason) == (
+                    text,
+                    theirs["choices"][0]["finish_reason"],
+                )
+                exact += temperature > 0
+    finally:
+        plain.close()
+    assert exact >= 2  # sampled runs compared in full, not only as prefixes
+
+
+def test_without_a_seed_each_generation_draws_its_own(runtime: Runtime) -> None:
+    texts = {runtime.generate(PROMPT, max_tokens=16, temperature=1.0).text for _ in range(3)}
+    assert len(texts) == 3
+
+
+def test_a_prompt_that_fills_the_context_is_refused(runtime: Runtime) -> None:
+    with pytest.raises(PromptError, match="the context holds 256"):
+        runtime.generate(TEXT * 20, max_tokens=4, seed=0)
 
 
 def test_nll_is_finite_and_equals_a_reference_from_the_logits(runtime: Runtime) -> None:
@@ -180,8 +223,6 @@ def test_swapping_repeatedly_matches_loading_each_fresh(
 
 
 def test_adapter_in_use_cannot_be_freed(runtime: Runtime, adapters: dict[str, Path]) -> None:
-    from appliance.errors import AdapterError
-
     adapter = runtime.load_adapter(adapters["one"])
     runtime.set_adapters([(adapter, 1.0)])
     with pytest.raises(AdapterError, match="adapter is active"):

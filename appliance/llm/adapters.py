@@ -39,7 +39,7 @@ class AdapterFile:
     @property
     def rank(self) -> int:
         """The rank r shared by every factor pair."""
-        return next(iter(self.factors.values()))[0].shape[0]
+        return int(next(iter(self.factors.values()))[0].shape[0])
 
 
 def write_adapter(

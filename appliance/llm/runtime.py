@@ -4,6 +4,14 @@ One `Runtime` owns one llama.cpp model and one context. Adapters are loaded next
 model and switched on the context with `llama_set_adapters_lora`, so a new global adapter
 takes effect in milliseconds without reloading the base model. The KV cache is cleared after
 every switch: what it holds was computed with the previous adapters.
+
+Generation has one sampling loop, `Runtime.texts`: `generate` runs it to the end and the
+inference API (`appliance.llm.streaming`) shows its text as it grows. Its rules:
+- the prompt is evaluated from an empty KV cache every time: reusing a cached prefix
+  evaluates in other batch shapes, whose rounding differs enough to change samples;
+- text ending in an incomplete UTF-8 sequence is not part of the text until it completes;
+- stop strings are enforced on the decoded text (the first one found ends the generation);
+- `max_tokens` is a hard limit on sampled tokens, cut to what the context leaves.
 """
 
 import contextlib
@@ -12,8 +20,10 @@ import io
 import logging
 import math
 import os
+import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,20 +42,50 @@ from appliance.llm.gguf_file import (
 )
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.native import bridge, lib, llama_cpp
+from appliance.llm.texts import CHAT_TEMPLATE_KEY
 
 log = logging.getLogger(__name__)
 
 NLL_BATCH_TOKENS = 256
 
+# The sampler chain around what a request chooses (temperature, top_p): llama-cpp-python's
+# create_completion defaults, which generation has always used here. The only copy.
+TOP_K = 40
+MIN_P = 0.05
+TYPICAL_P = 1.0
+REPEAT_PENALTY = 1.0
+
+SEED_BITS = 32  # llama.cpp's sampler seed is a uint32
+
+
+class PromptError(ModelError):
+    """The prompt cannot be generated from: empty, or leaves no room in the context."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What one generation asks of the sampler; the rest of the chain is fixed above."""
+
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int
+    stop: tuple[str, ...] = ()
+
 
 @dataclass(frozen=True)
 class Generation:
-    """Text produced for one prompt."""
+    """Text produced for one prompt, and how its generation ended."""
 
     text: str
-    finish_reason: str
+    finish_reason: str  # "stop", "length" or "cancelled"
     prompt_tokens: int
     completion_tokens: int
+    first_token_at: float | None = None  # time.monotonic() when the first token was sampled
+
+
+Texts = Generator[str, None, Generation]
+"""A generation under way: its text after each sampled token, then how it ended."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +113,7 @@ class Adapter:
     path: Path
     sha256: str
     file: AdapterFile
-    handle: ctypes.c_void_p | None
+    handle: lib.llama_adapter_lora_p | None
 
     @property
     def rank(self) -> int:
@@ -103,6 +143,7 @@ class Runtime:
         self._llm = self._load(path, context_tokens, threads or os.cpu_count() or 1, gpu_layers)
         self.context_tokens = int(lib.llama_n_ctx(self._ctx))
         self.n_vocab = int(self._llm.n_vocab())
+        self.chat_template: str | None = self._llm.metadata.get(CHAT_TEMPLATE_KEY) or None
         log.info(
             "loaded model %s (%s, sha256 %s, licence %s)",
             path,
@@ -139,13 +180,14 @@ class Runtime:
             reason = _with_reasons(f"{path}: llama.cpp could not load the model", mark)
             raise ModelError(reason) from exc
 
+    # llama-cpp-python leaves its context and model handles untyped
     @property
-    def _ctx(self) -> ctypes.c_void_p:
-        return self._llm._ctx.ctx
+    def _ctx(self) -> lib.llama_context_p:
+        return self._llm._ctx.ctx  # type: ignore[no-any-return]
 
     @property
-    def _model(self) -> ctypes.c_void_p:
-        return self._llm._model.model
+    def _model(self) -> lib.llama_model_p:
+        return self._llm._model.model  # type: ignore[no-any-return]
 
     # -- text -------------------------------------------------------------------------------
 
@@ -156,6 +198,22 @@ class Runtime:
         what training data rendered with the model's chat template needs.
         """
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def prompt_tokens(self, prompt: str) -> list[int]:
+        """The tokens a completion of `prompt` evaluates: BOS/EOS as the model's metadata asks.
+
+        create_completion's rule, so a prompt counts the tokens it always has here; chat
+        markers in the text are parsed as the special tokens they are.
+        """
+        model = self._llm._model
+        bos = model.token_cls() if model.token_cls() != -1 else self._llm.token_bos()
+        sep = model.token_sep()
+        head = [bos] if model.add_bos_token() and bos != -1 else []
+        tail = [sep if sep != -1 else self._llm.token_eos()]
+        if not model.add_eos_token() and sep == -1:
+            tail = []
+        body = self.tokenize(prompt, add_bos=False, special=True) if prompt else []
+        return head + body + tail
 
     def generate(
         self,
@@ -169,28 +227,83 @@ class Runtime:
     ) -> Generation:
         """Complete `prompt`; the same seed gives the same text on the same model and adapters.
 
-        The prompt is evaluated from an empty cache every time: reusing a cached prefix
-        evaluates in other batch shapes, whose rounding differs enough to change samples.
+        Without a seed each call draws a fresh one. `PromptError` as in `texts`.
         """
-        with self._lock, _python_output_to_log():
+        chosen = secrets.randbits(SEED_BITS) if seed is None else seed
+        sampling = Sampling(max_tokens, temperature, top_p, chosen, tuple(stop))
+        return drain(self.texts(prompt, sampling))
+
+    def texts(
+        self, prompt: str, sampling: Sampling, cancelled: Callable[[], bool] = lambda: False
+    ) -> Texts:
+        """Sample a completion of `prompt`, yielding the text so far after every token.
+
+        The generator returns the `Generation`; `cancelled` is asked between tokens. It holds
+        the runtime's lock from its first step to its end, so run it to the end (or close it)
+        on one thread, as `drain` does.
+        `PromptError` when the prompt is empty for this model or fills the context;
+        `max_tokens` is cut to what the context leaves after the prompt.
+        """
+        with self._lock:
+            tokens = self.prompt_tokens(prompt)
+            if not tokens:
+                raise PromptError("the prompt is empty and this model has no BOS token")
+            room = self.context_tokens - len(tokens)
+            if room <= 0:
+                raise PromptError(
+                    f"the prompt is {len(tokens)} tokens; the context holds {self.context_tokens}"
+                )
+            # an empty prompt text starts the completion with BOS, as create_completion does
+            lead = [] if prompt else [self._llm.token_bos()]
             self._forget_cache()
-            result = self._llm.create_completion(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                stop=list(stop) or None,
-                seed=seed,
-            )
-        choice = result["choices"][0]  # type: ignore[index]
-        usage = result["usage"]  # type: ignore[index]
-        text, finish_reason = _cut_at_stop(choice["text"], stop, choice["finish_reason"])
-        return Generation(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=usage["prompt_tokens"],
-            completion_tokens=usage["completion_tokens"],
-        )
+            try:
+                limit = min(sampling.max_tokens, room)
+                return (yield from self._sample(tokens, lead, sampling, limit, cancelled))
+            finally:
+                self._forget_cache()
+
+    def _sample(
+        self,
+        prompt: list[int],
+        lead: list[int],
+        sampling: Sampling,
+        limit: int,
+        cancelled: Callable[[], bool],
+    ) -> Texts:
+        llm = self._llm
+        vocab = llm._model.vocab
+        llm.set_seed(sampling.seed)
+        data = bytearray(llm.detokenize(lead))  # grows by one piece per token: no O(n^2)
+        text, reason, count = "", "length", 0
+        first_token_at: float | None = None
+        for token in llm.generate(
+            prompt,
+            top_k=TOP_K,
+            top_p=sampling.top_p,
+            min_p=MIN_P,
+            typical_p=TYPICAL_P,
+            temp=sampling.temperature,
+            repeat_penalty=REPEAT_PENALTY,
+        ):
+            if first_token_at is None:
+                first_token_at = time.monotonic()
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                reason = "stop"
+                break
+            count += 1
+            data += llm.detokenize([token])
+            text = _complete_utf8(_strip_bos_space(data, lead))
+            cut = _first_stop(text, sampling.stop)
+            if cut is not None:
+                text, reason = text[:cut], "stop"
+                break
+            yield text
+            if count >= limit:
+                break
+            if cancelled():
+                reason = "cancelled"
+                break
+        return Generation(text, reason, len(prompt), count, first_token_at)
 
     def nll(self, texts: Sequence[str], special: bool = False) -> NllResult:
         """NLL of each text's tokens given the ones before it, summed over texts.
@@ -245,7 +358,7 @@ class Runtime:
 
     def _forget_cache(self) -> None:
         lib.llama_memory_clear(lib.llama_get_memory(self._ctx), True)
-        self._llm.reset()
+        self._llm.reset()  # type: ignore[no-untyped-call]
 
     # -- adapters ---------------------------------------------------------------------------
 
@@ -267,20 +380,24 @@ class Runtime:
     def set_adapters(self, adapters: Sequence[tuple[Adapter, float]]) -> None:
         """Make exactly these adapters (with their scales) active; clears the KV cache."""
         with self._lock:
-            for adapter, scale in adapters:
-                if adapter.handle is None or adapter not in self._adapters:
-                    raise AdapterError(f"{adapter.path}: adapter was freed or not loaded here")
-                if not math.isfinite(scale):
-                    raise AdapterError(f"{adapter.path}: scale must be finite (got {scale})")
-            count = len(adapters)
-            handles = (lib.llama_adapter_lora_p_ctypes * max(count, 1))(
-                *[a.handle for a, _ in adapters]
-            )
+            usable = [self._handle(adapter, scale) for adapter, scale in adapters]
+            count = len(usable)
+            # llama-cpp-python declares a handle as c_void_p, but what llama_adapter_lora_init
+            # returns (its restype) is the POINTER(c_void_p) this array holds
+            handles = (lib.llama_adapter_lora_p_ctypes * max(count, 1))(*usable)  # type: ignore[misc]
             scales = (ctypes.c_float * max(count, 1))(*[s for _, s in adapters])
             if lib.llama_set_adapters_lora(self._ctx, handles, count, scales) != 0:
                 raise AdapterError("llama.cpp could not set the adapters on the context")
             self._active = list(adapters)
             self._forget_cache()
+
+    def _handle(self, adapter: Adapter, scale: float) -> lib.llama_adapter_lora_p:
+        """The handle to set `adapter` with at `scale`; `AdapterError` if it cannot be."""
+        if adapter.handle is None or adapter not in self._adapters:
+            raise AdapterError(f"{adapter.path}: adapter was freed or not loaded here")
+        if not math.isfinite(scale):
+            raise AdapterError(f"{adapter.path}: scale must be finite (got {scale})")
+        return adapter.handle
 
     def clear_adapters(self) -> None:
         """Serve the base model alone."""
@@ -317,22 +434,50 @@ class Runtime:
         self.close()
 
 
-def _cut_at_stop(text: str, stop: Sequence[str], reason: str | None) -> tuple[str, str]:
-    """Enforce stop strings on the final text.
+def drain(texts: Texts, each: Callable[[str], None] = lambda _text: None) -> Generation:
+    """Run a generation to its end, handing `each` its text after every token; how it ended.
 
-    llama-cpp-python skips its stop check while the text ends in an incomplete UTF-8
-    sequence, so a stop string can slip through after raw byte tokens.
+    Closes the generator however this ends, which releases the runtime's lock.
     """
-    cuts = [text.index(s) for s in stop if s and s in text]
-    if cuts:
-        return text[: min(cuts)], "stop"
-    return text, reason or "length"
+    with contextlib.closing(texts):
+        while True:
+            try:
+                text = next(texts)
+            except StopIteration as end:
+                result: Generation = end.value
+                return result
+            each(text)
+
+
+def _strip_bos_space(data: bytearray, lead: list[int]) -> bytes:
+    """llama-cpp-python drops a leading space after a leading BOS (its `detokenize`)."""
+    return bytes(data[1:] if lead and data[:1] == b" " else data)
+
+
+def _complete_utf8(data: bytes) -> str:
+    """Decode `data` without a trailing incomplete UTF-8 sequence (it may still complete)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:  # continuation byte: look further back for the lead
+            continue
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte >= 0xF0 else 1
+        if need > back:
+            data = data[:-back]
+        break
+    return data.decode("utf-8", errors="ignore")
+
+
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the earliest stop string in `text` begins, if any does."""
+    found = [text.find(s) for s in stop if s and s in text]
+    return min(found) if found else None
 
 
 def _fill_batch(batch: "lib.llama_batch", tokens: Sequence[int], first_pos: int) -> None:
     for i, token in enumerate(tokens):
         batch.token[i] = token
-        batch.pos[i] = first_pos + i
+        # llama-cpp-python declares pos as an array of arrays; it is one llama_pos per token
+        batch.pos[i] = first_pos + i  # type: ignore[call-overload]
         batch.n_seq_id[i] = 1
         batch.seq_id[i][0] = 0
         batch.logits[i] = 1

@@ -20,15 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from appliance.llm.streaming import Finish
+from appliance.llm.runtime import Generation
 from appliance.serve.errors import ApiError
 from appliance.serve.guard import RateLimiter, check_token, read_body
 from appliance.serve.metrics import ServeMetrics
 from appliance.serve.protocol import (
     ChatRequest,
     CompletionRequest,
+    GenerationRequest,
     Responder,
-    _Generation,
     parse_body,
     sse,
     validate,
@@ -145,7 +145,7 @@ class _Api:
         try:
             self._guard(request)
             raw = await read_body(request, self.settings.max_body_bytes)
-            body: _Generation = validate(
+            body: GenerationRequest = validate(
                 ChatRequest if chat else CompletionRequest, parse_body(raw)
             )
             if body.model != self.settings.model_id:
@@ -162,7 +162,7 @@ class _Api:
         self.metrics.request_done(endpoint, response.status_code)
         return response
 
-    async def _respond(self, job: Job, body: _Generation, responder: Responder) -> Response:
+    async def _respond(self, job: Job, body: GenerationRequest, responder: Responder) -> Response:
         try:
             kind, payload = await job.events.get()
         except asyncio.CancelledError:
@@ -187,11 +187,11 @@ class _Api:
         return JSONResponse(responder.whole(finish), headers=headers)
 
 
-async def _collect(job: Job) -> Finish:
+async def _collect(job: Job) -> Generation:
     while True:
         kind, payload = await job.events.get()
         if kind == "done":
-            assert isinstance(payload, Finish)
+            assert isinstance(payload, Generation)
             return payload
         if kind == "error":
             assert isinstance(payload, ApiError)
@@ -208,7 +208,7 @@ async def _events(job: Job, responder: Responder, include_usage: bool) -> AsyncI
             if kind == "text":
                 yield sse(responder.piece(str(payload)))
             elif kind == "done":
-                assert isinstance(payload, Finish)
+                assert isinstance(payload, Generation)
                 yield sse(responder.closing(payload))
                 if include_usage:
                     yield sse(responder.usage_chunk(payload))

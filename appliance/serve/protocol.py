@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 
-from appliance.llm.streaming import Finish, Sampling
+from appliance.llm.runtime import Generation, Sampling
 from appliance.serve.errors import bad_request
 
 MAX_STOP_STRINGS = 4
@@ -38,7 +38,7 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Generation(_Body):
+class GenerationRequest(_Body):
     """Parameters shared by both endpoints."""
 
     model: str = Field(min_length=1)
@@ -88,7 +88,7 @@ class _Generation(_Body):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
-class CompletionRequest(_Generation):
+class CompletionRequest(GenerationRequest):
     """`POST /v1/completions`."""
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
@@ -122,7 +122,7 @@ class Message(_Body):
         return ("system" if self.role == "developer" else self.role, text)
 
 
-class ChatRequest(_Generation):
+class ChatRequest(GenerationRequest):
     """`POST /v1/chat/completions`."""
 
     messages: list[Message] = Field(min_length=1)
@@ -223,7 +223,7 @@ class Responder:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model_id}
 
     @staticmethod
-    def usage(finish: Finish) -> dict[str, int]:
+    def usage(finish: Generation) -> dict[str, int]:
         """Token counts."""
         return {
             "prompt_tokens": finish.prompt_tokens,
@@ -231,7 +231,7 @@ class Responder:
             "total_tokens": finish.prompt_tokens + finish.completion_tokens,
         }
 
-    def whole(self, finish: Finish) -> dict[str, Any]:
+    def whole(self, finish: Generation) -> dict[str, Any]:
         """The non-streamed response."""
         reason = _reason(finish)
         choice: dict[str, Any] = (
@@ -256,11 +256,11 @@ class Responder:
         """A chunk carrying new text."""
         return self.chunk({"content": text} if self.chat else text, None)
 
-    def closing(self, finish: Finish) -> dict[str, Any]:
+    def closing(self, finish: Generation) -> dict[str, Any]:
         """The chunk that carries the finish reason."""
         return self.chunk({} if self.chat else "", _reason(finish))
 
-    def usage_chunk(self, finish: Finish) -> dict[str, Any]:
+    def usage_chunk(self, finish: Generation) -> dict[str, Any]:
         """With `stream_options.include_usage`: no choices, the usage."""
         return {**self._head(self._chunk_object), "choices": [], "usage": self.usage(finish)}
 
@@ -274,8 +274,8 @@ class Responder:
         return {**self._head(self._chunk_object), "choices": [choice]}
 
 
-def _reason(finish: Finish) -> str:
-    return "length" if finish.reason == "cancelled" else finish.reason
+def _reason(finish: Generation) -> str:
+    return "length" if finish.finish_reason == "cancelled" else finish.finish_reason
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

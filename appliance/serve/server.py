@@ -17,7 +17,7 @@ import uvicorn
 from appliance.config.model import ModelSettings
 from appliance.config.serve import ServeSettings
 from appliance.errors import ConfigError
-from appliance.llm.streaming import StreamingRuntime
+from appliance.llm.runtime import Runtime
 from appliance.serve.app import ApiSettings, build_app
 from appliance.serve.guard import RateLimiter, TokenFileError, read_token
 from appliance.serve.metrics import ServeMetrics
@@ -48,10 +48,9 @@ class InferenceServer:
         self._pauses = pauses if settings.pause_training else None
         self.metrics = ServeMetrics()
         self.activity = Activity(self._on_activity, settings.training_resume_after_s)
-        runtimes = [StreamingRuntime.from_settings(model) for _ in range(settings.contexts)]
-        assert all(isinstance(r, StreamingRuntime) for r in runtimes)
+        runtimes = [Runtime.from_settings(model) for _ in range(settings.contexts)]
         self.pool = Pool(
-            runtimes,  # type: ignore[arg-type]
+            runtimes,
             max_queue=settings.max_queue,
             default_max_tokens=settings.default_max_tokens,
             chat_template_fallback=settings.chat_template_fallback,

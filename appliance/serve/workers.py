@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.errors import ApplianceError
-from appliance.llm.runtime import Adapter
-from appliance.llm.streaming import ChatTemplateError, Finish, PromptError, StreamingRuntime
+from appliance.llm.runtime import Adapter, Generation, PromptError, Runtime
+from appliance.llm.streaming import ChatTemplateError, chat_prompt, stream
 from appliance.serve.errors import ApiError, bad_request, server_error
 from appliance.serve.metrics import ServeMetrics
 from appliance.serve.priority import Activity
-from appliance.serve.protocol import CompletionRequest, _Generation
+from appliance.serve.protocol import CompletionRequest, GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class AdapterTarget:
 class Job:
     """One request on its way through the queue."""
 
-    request: _Generation
+    request: GenerationRequest
     messages: list[tuple[str, str]] | None
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
@@ -66,7 +66,7 @@ class Job:
 @dataclass(eq=False)
 class _Context:
     index: int
-    runtime: StreamingRuntime
+    runtime: Runtime
     target: AdapterTarget = AdapterTarget()
     adapter: Adapter | None = None
     refused: AdapterTarget | None = None
@@ -77,7 +77,7 @@ class Pool:
 
     def __init__(
         self,
-        runtimes: Sequence[StreamingRuntime],
+        runtimes: Sequence[Runtime],
         *,
         max_queue: int,
         default_max_tokens: int,
@@ -205,7 +205,8 @@ class Pool:
         job.send("start", context.target.label)
         started = time.monotonic()
         try:
-            finish: Finish = runtime.stream(
+            finish: Generation = stream(
+                runtime,
                 prompt,
                 job.request.sampling(max_tokens),
                 lambda text: job.send("text", text),
@@ -223,12 +224,12 @@ class Pool:
         )
         job.send("done", finish)
 
-    def _admit(self, runtime: StreamingRuntime, job: Job) -> tuple[str, int]:
+    def _admit(self, runtime: Runtime, job: Job) -> tuple[str, int]:
         """The prompt text and the token budget, or a 400 before anything is sent."""
         request = job.request
         if job.messages is not None:
             try:
-                prompt = runtime.chat_prompt(job.messages, self._fallback)
+                prompt = chat_prompt(runtime, job.messages, self._fallback)
             except ChatTemplateError as exc:
                 raise bad_request(str(exc), param="messages", code="no_chat_template") from None
         else:

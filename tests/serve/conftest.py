@@ -9,7 +9,8 @@ import pytest
 
 from appliance.config.model import ModelSettings
 from appliance.config.serve import ServeSettings
-from appliance.llm.streaming import Sampling, StreamingRuntime
+from appliance.llm.runtime import Runtime, Sampling
+from appliance.llm.streaming import stream
 from appliance.serve.priority import TrainingPauses
 from appliance.serve.server import InferenceServer
 
@@ -53,15 +54,15 @@ def client(server: InferenceServer, api_key: str = "unused") -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_models: dict) -> Iterator[StreamingRuntime]:
+def reference(tiny_models: dict) -> Iterator[Runtime]:
     """A separate runtime on the same model: what a fresh run produces."""
-    runtime = StreamingRuntime(tiny_models["f32"], context_tokens=CONTEXT, threads=1)
+    runtime = Runtime(tiny_models["f32"], context_tokens=CONTEXT, threads=1)
     yield runtime
     runtime.close()
 
 
-def fresh_text(runtime: StreamingRuntime, prompt: str, **sampling: Any) -> str:
+def fresh_text(runtime: Runtime, prompt: str, **sampling: Any) -> str:
     """Text of one generation on `runtime` as it is (its adapters as set)."""
     settings = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": 0, **sampling}
     settings["stop"] = tuple(settings.get("stop", ()))
-    return runtime.stream(prompt, Sampling(**settings), lambda _piece: None).text
+    return stream(runtime, prompt, Sampling(**settings), lambda _piece: None).text

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.llm.streaming import StreamingRuntime
+from appliance.llm.runtime import Runtime
 from appliance.serve.server import InferenceServer
 from tests.lora_helpers import attention_shapes, write_random_adapter
 from tests.serve.conftest import CONTEXT, StartServer, client, fresh_text
@@ -30,7 +30,7 @@ def adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
 @pytest.fixture(scope="module")
 def expected(tiny_models: dict, adapters: dict[int, Path]) -> dict[str, dict[str, str]]:
     """Header label -> prompt -> text of a fresh runtime with that adapter (or none)."""
-    runtime = StreamingRuntime(tiny_models["f32"], context_tokens=CONTEXT, threads=1)
+    runtime = Runtime(tiny_models["f32"], context_tokens=CONTEXT, threads=1)
     table: dict[str, dict[str, str]] = {}
     try:
         for label, path in (("base", None), ("1", adapters[1]), ("2", adapters[2])):

@@ -9,7 +9,8 @@ import openai
 import pytest
 
 from appliance.errors import ConfigError
-from appliance.llm.streaming import StreamingRuntime, apply_chat_template
+from appliance.llm.runtime import Runtime
+from appliance.llm.texts import apply_chat_template
 from appliance.serve.server import InferenceServer
 from tests.serve.conftest import CONTEXT, StartServer, client, fresh_text
 
@@ -26,7 +27,7 @@ def test_models_lists_the_served_model(server: InferenceServer) -> None:
 
 
 def test_completion_matches_a_fresh_run_and_names_the_adapter(
-    server: InferenceServer, reference: StreamingRuntime
+    server: InferenceServer, reference: Runtime
 ) -> None:
     raw = client(server).completions.with_raw_response.create(
         model="tiny-f32", prompt=PROMPT, max_tokens=12, temperature=0.9, top_p=0.9, seed=42
@@ -44,9 +45,7 @@ def test_completion_matches_a_fresh_run_and_names_the_adapter(
     assert other.choices[0].text != expected  # the seed matters, so the check above can fail
 
 
-def test_stop_string_ends_the_text_before_it(
-    server: InferenceServer, reference: StreamingRuntime
-) -> None:
+def test_stop_string_ends_the_text_before_it(server: InferenceServer, reference: Runtime) -> None:
     free = fresh_text(reference, PROMPT, max_tokens=40, seed=5)
     stop = free[10:12]  # a string the unconstrained run produces
     completion = client(server).completions.create(
@@ -78,9 +77,7 @@ def test_streamed_completion_is_the_same_text_in_pieces(server: InferenceServer)
     assert chunks[-1].usage.completion_tokens == 30
 
 
-def test_chat_uses_the_template_and_streams(
-    server: InferenceServer, reference: StreamingRuntime
-) -> None:
+def test_chat_uses_the_template_and_streams(server: InferenceServer, reference: Runtime) -> None:
     messages = [
         {"role": "system", "content": "You are a maintenance assistant."},
         {"role": "user", "content": [{"type": "text", "text": "Why does pump 3 vibrate?"}]},
@@ -287,7 +284,7 @@ def test_a_replayed_request_gets_the_same_answer(server: InferenceServer) -> Non
 
 
 def test_a_client_that_leaves_mid_stream_does_not_disturb_the_next(
-    server: InferenceServer, reference: StreamingRuntime
+    server: InferenceServer, reference: Runtime
 ) -> None:
     api = client(server)
     stream = api.completions.create(

@@ -1,16 +1,17 @@
-"""The real model: streamed generation samples exactly what `Runtime.generate` samples, and
-chat uses SmolLM2's own chat template from its GGUF."""
+"""The real model: streamed generation samples exactly what llama-cpp-python's own
+completion samples, and chat uses SmolLM2's own chat template from its GGUF."""
 
 from collections.abc import Iterator
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from appliance.config.model import ModelSettings
 from appliance.config.serve import ServeSettings
-from appliance.llm.runtime import Runtime
-from appliance.llm.streaming import Sampling, StreamingRuntime, apply_chat_template
-from appliance.llm.texts import chat_template
+from appliance.llm.runtime import Runtime, Sampling
+from appliance.llm.streaming import stream
+from appliance.llm.texts import apply_chat_template, chat_template
 from appliance.serve.server import InferenceServer
 from tests.serve.conftest import client
 
@@ -18,11 +19,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def runtimes(builtin_path: Path) -> Iterator[tuple[StreamingRuntime, Runtime]]:
-    streaming = StreamingRuntime(builtin_path, context_tokens=512, threads=2)
-    plain = Runtime(builtin_path, context_tokens=512, threads=2)
-    yield streaming, plain
-    streaming.close()
+def runtimes(builtin_path: Path) -> Iterator[tuple[Runtime, llama_cpp.Llama]]:
+    """Our runtime, and llama-cpp-python on the same file with the same context and threads."""
+    ours = Runtime(builtin_path, context_tokens=512, threads=2)
+    plain = llama_cpp.Llama(
+        model_path=str(builtin_path), n_ctx=512, n_threads=2, n_threads_batch=2, verbose=False
+    )
+    yield ours, plain
+    ours.close()
     plain.close()
 
 
@@ -34,18 +38,28 @@ def runtimes(builtin_path: Path) -> Iterator[tuple[StreamingRuntime, Runtime]]:
         ("Hello", 0.0, (".",)),
     ],
 )
-def test_streaming_samples_what_generate_samples(
-    runtimes: tuple[StreamingRuntime, Runtime], prompt: str, temperature: float, stop: tuple
+def test_streaming_samples_what_llama_cpp_python_samples(
+    runtimes: tuple[Runtime, llama_cpp.Llama], prompt: str, temperature: float, stop: tuple
 ) -> None:
-    streaming, plain = runtimes
+    ours, plain = runtimes
     pieces: list[str] = []
-    finish = streaming.stream(prompt, Sampling(40, temperature, 0.95, 11, stop), pieces.append)
-    reference = plain.generate(
+    finish = stream(ours, prompt, Sampling(40, temperature, 0.95, 11, stop), pieces.append)
+    reference = plain.create_completion(
+        prompt, max_tokens=40, temperature=temperature, top_p=0.95, stop=list(stop), seed=11
+    )
+    choice = reference["choices"][0]  # type: ignore[index]
+    assert finish.text == choice["text"]
+    assert finish.finish_reason == choice["finish_reason"]
+    assert "".join(pieces) == finish.text
+    generated = ours.generate(
         prompt, max_tokens=40, temperature=temperature, top_p=0.95, stop=stop, seed=11
     )
-    assert finish.text == reference.text
-    assert finish.reason == reference.finish_reason
-    assert "".join(pieces) == finish.text
+    # one sampling loop for the API and for `generate`
+    assert (generated.text, generated.finish_reason, generated.completion_tokens) == (
+        finish.text,
+        finish.finish_reason,
+        finish.completion_tokens,
+    )
 
 
 def test_chat_uses_the_models_own_template(builtin_path: Path) -> None:
@@ -65,8 +79,8 @@ def test_chat_uses_the_models_own_template(builtin_path: Path) -> None:
         )
         prompt = apply_chat_template(template, [("user", "What is a bearing?")])
         assert prompt is not None
-        expected = server.pool._contexts[0].runtime.stream(
-            prompt, Sampling(24, 0.0, 1.0, 0), lambda _p: None
+        expected = stream(
+            server.pool._contexts[0].runtime, prompt, Sampling(24, 0.0, 1.0, 0), lambda _p: None
         )
         assert reply.choices[0].message.content == expected.text
         assert "bearing" in expected.text.lower()  # a real answer, not template debris

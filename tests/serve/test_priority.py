@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.llm.streaming import StreamingRuntime
+from appliance.llm.runtime import Runtime
 from appliance.serve.errors import ApiError
 from appliance.serve.metrics import ServeMetrics
 from appliance.serve.priority import INFERENCE, Activity, TrainingPauses
@@ -112,7 +112,7 @@ def test_pause_can_be_switched_off(start_server: StartServer, worker: Worker) ->
 
 def test_a_full_queue_refuses_with_503(tiny_f32: Path) -> None:
     """Workers not started: everything submitted stays queued, so the limit is exact."""
-    runtime = StreamingRuntime(tiny_f32, context_tokens=256, threads=1)
+    runtime = Runtime(tiny_f32, context_tokens=256, threads=1)
     changes: list[bool] = []
     activity = Activity(changes.append, 0.0)
     pool = Pool(
