@@ -106,12 +106,12 @@ class FleetSettings(Section):
             return self
         if self.codec.top_k_fraction < 1 or self.codec.values != "int8":
             raise ValueError(
-                "secure_aggregation needs dense int8 updates (codec.values = \"int8\", "
+                'secure_aggregation needs dense int8 updates (codec.values = "int8", '
                 "codec.top_k_fraction = 1.0): masked vectors are dense"
             )
         if self.strategy.name != "fedavg" or self.strategy.norm_bound is not None:
             raise ValueError(
-                "secure_aggregation works with strategy.name = \"fedavg\" and no norm_bound: "
+                'secure_aggregation works with strategy.name = "fedavg" and no norm_bound: '
                 "the aggregator never sees one box's update"
             )
         limit = participant_bound(secure.max_weight)

@@ -1,5 +1,6 @@
 """Hardware health: probes and Sparkplug B reporting on a box, fleet health on the aggregator."""
 
+from pathlib import Path
 from typing import Literal, Self
 
 from pydantic import Field, model_validator
@@ -75,7 +76,7 @@ class EdgeHealthSettings(Section):
         default=10.0, gt=0, le=300, description="A probe still running after this is killed."
     )
     root_dir: ConfigPath = Field(
-        default="/", description="Filesystem root the probes read (`/`; tests use a tree)."
+        default=Path("/"), description="Filesystem root the probes read (`/`; tests use a tree)."
     )
     scripts_dir: ConfigPath | None = Field(
         default=None,

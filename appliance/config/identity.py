@@ -1,6 +1,8 @@
 """Who this process is on the plant network: plant, node name and signing key."""
 
-from pydantic import Field
+from pathlib import Path
+
+from pydantic import Field, Secret
 
 from appliance.config.base import ConfigPath, SecretFile, Section, TopicSafeId
 
@@ -17,11 +19,11 @@ class IdentitySettings(Section):
         "client id and its Sparkplug edge node id.",
     )
     private_key_file: SecretFile = Field(
-        default="/var/lib/appliance/keys/node.key",
+        default=Secret(Path("/var/lib/appliance/keys/node.key")),
         description="Ed25519 private key that signs this node's messages. Created by "
         "`appliance keygen` (mode 0600); never printed or logged.",
     )
     trust_dir: ConfigPath = Field(
-        default="/etc/appliance/trust",
+        default=Path("/etc/appliance/trust"),
         description="Directory of public keys this node trusts, one `<node_id>.pub` per peer.",
     )

@@ -7,7 +7,7 @@ and what was expected, and never prints a secret (key files are shown as the key
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
@@ -83,7 +83,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         _fail(path, f"invalid TOML: {exc}")
 
 
-def _fail(path: Path, reason: str) -> Any:
+def _fail(path: Path, reason: str) -> NoReturn:
     raise ConfigError(f"{path}: {reason}")
 
 

@@ -43,7 +43,7 @@ def render() -> str:
 
 
 def _role(root: type[BaseModel]) -> str:
-    return typing.get_args(root.model_fields["role"].annotation)[0]  # type: ignore[no-any-return]
+    return str(typing.get_args(root.model_fields["role"].annotation)[0])
 
 
 def _sections(model: type[BaseModel], prefix: str) -> list[str]:
@@ -95,13 +95,15 @@ def _default(field: FieldInfo) -> str:
     if field.default is PydanticUndefined and field.default_factory is None:
         return "**required**"
     value = field.get_default(call_default_factory=True)
+    if isinstance(value, Secret):  # a default key file's path is documentation, not a secret
+        value = value.get_secret_value()
     if value is None:
         return "absent"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if isinstance(value, list):
         return "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
-    return f'`"{value}"`' if isinstance(value, str) else f"`{value}`"
+    return f'`"{value}"`' if isinstance(value, str | Path) else f"`{value}`"
 
 
 if __name__ == "__main__":

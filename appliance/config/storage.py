@@ -1,5 +1,7 @@
 """Where a node keeps its state and, on a box, where plant data is dropped."""
 
+from pathlib import Path
+
 from pydantic import Field
 
 from appliance.config.base import ConfigPath, Section
@@ -9,7 +11,7 @@ class PathSettings(Section):
     """Directories owned by the daemon (systemd's StateDirectory by default)."""
 
     state_dir: ConfigPath = Field(
-        default="/var/lib/appliance",
+        default=Path("/var/lib/appliance"),
         description="Databases, adapters, outbox and caches. Must be writable by the daemon.",
     )
     cache_dir: ConfigPath | None = Field(
@@ -19,7 +21,7 @@ class PathSettings(Section):
         "share it.",
     )
     spool_dir: ConfigPath = Field(
-        default="/var/lib/appliance/spool",
+        default=Path("/var/lib/appliance/spool"),
         description="Edge only: plant data is dropped here as JSON Lines files "
         '(`{"text": ...}` or `{"prompt": ..., "completion": ...}`).',
     )

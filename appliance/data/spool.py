@@ -13,11 +13,11 @@ import hashlib
 import json
 import logging
 import shutil
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.data.records import MAX_LINE_BYTES, Record, parse_record
+from appliance.system.sqlite import Durability, open_db
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +51,13 @@ class Spool:
         self.spool_dir = spool_dir
         self.processed_dir = spool_dir / "processed"
         self.quarantine_dir = spool_dir / "quarantine"
-        for folder in (spool_dir, self.processed_dir, self.quarantine_dir, state_dir):
+        for folder in (spool_dir, self.processed_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._node_id = node_id
         self._heldout_fraction = heldout_fraction
-        self._db = sqlite3.connect(state_dir / "records.sqlite", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        # FULL: a file moves to processed/ right after its COMMIT, so a commit that a power
+        # cut could undo would lose its records for good.
+        self._db = open_db(state_dir / "records.sqlite", durability=Durability.FULL, schema=_SCHEMA)
 
     def close(self) -> None:
         """Close the record store."""

@@ -11,7 +11,7 @@ start.
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ FLUSH_TIMEOUT_S = 15.0
 
 
 class _Outbox(Protocol):
-    def messages(self, exclude: set[int], limit: int) -> list[object]: ...
+    def messages(self, exclude: set[int], limit: int) -> Sequence[object]: ...
 
 
 class _Client(Protocol):
@@ -30,8 +30,13 @@ class _Client(Protocol):
 
 
 class _Transport(Protocol):
-    outbox: _Outbox
-    client: _Client
+    """What flushing needs of a `TransportNode` (read-only, so any outbox/client fits)."""
+
+    @property
+    def outbox(self) -> _Outbox: ...
+
+    @property
+    def client(self) -> _Client: ...
 
 
 def flush_outbox(
@@ -52,7 +57,10 @@ def flush_outbox(
             return 0
         if not transport.client.connected or clock() >= deadline:
             why = "not connected" if not transport.client.connected else f"{timeout_s:g} s passed"
-            log.info("stopping with %d queued message(s) kept on disk for the next start (%s)",
-                     pending, why)
+            log.info(
+                "stopping with %d queued message(s) kept on disk for the next start (%s)",
+                pending,
+                why,
+            )
             return pending
         time.sleep(poll_s)

@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.errors import ApplianceError
+from appliance.system.sqlite import Durability, StoreOpenError, open_db
 from appliance.telemetry.sparkplug import Value
 
 _SCHEMA = """
@@ -113,22 +115,38 @@ def as_number(value: Value) -> float | None:
     return None
 
 
+def _open_reader(path: Path) -> sqlite3.Connection:
+    """A read-only connection; an operator who asks before the aggregator ever ran is told
+    so, rather than shown an SQLite error (or handed a new, empty store)."""
+    try:
+        return open_db(path, read_only=True)
+    except StoreOpenError as exc:
+        if path.exists():
+            raise ApplianceError(f"fleet health store unreadable: {exc}") from exc
+        raise ApplianceError(
+            f"no fleet health store at {path}; has the aggregator run yet?"
+        ) from exc
+
+
 class FleetStore:
     """One SQLite connection; the host writes through it from one thread."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create) the store; `read_only` for `fleet status` and `/metrics`,
+        which never write it and never create it."""
         self.path = path
         self._samples: list[tuple[str, str, int, float]] = []
         self._latest: list[tuple[str, str, float | None, str | None, int]] = []
         self._seen: dict[str, int] = {}
         if read_only:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            self._db = _open_reader(path)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        # NORMAL: a power cut may lose the last ticks' samples (the next reports replace
+        # them) but never corrupts the file. Shared: the host writes from the MQTT client's
+        # worker thread, not the thread that opened the store.
+        self._db = open_db(
+            path, durability=Durability.NORMAL, shared_between_threads=True, schema=_SCHEMA
+        )
         self._db.execute("BEGIN")
 
     def close(self) -> None:

@@ -57,7 +57,9 @@ def test_edge_daemon_life_under_a_service_manager(
     env.pop("JOURNAL_STREAM", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance.cli", "edge", "run", "--config", str(config)],
-        env=env, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         ready = systemd.wait_for("READY", "1", timeout=120)

@@ -82,8 +82,12 @@ def run_probe(stderr_file: Path, journal_stream: str | None) -> str:
         env["JOURNAL_STREAM"] = journal_stream
     with stderr_file.open("w") as err:
         done = subprocess.run(
-            [sys.executable, "-c", PROBE], env=env, stdout=subprocess.PIPE, stderr=err,
-            text=True, check=True,
+            [sys.executable, "-c", PROBE],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            check=True,
         )
     return done.stdout.strip()
 

@@ -3,6 +3,9 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from appliance.errors import ApplianceError
 from appliance.telemetry.store import AlertRow, FleetStore, HostRow
 
 HOUR_MS = 3600 * 1000
@@ -81,3 +84,28 @@ def test_a_store_from_before_the_heartbeat_reads_as_no_host(tmp_path: Path) -> N
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE nodes (node TEXT PRIMARY KEY)")
     assert FleetStore(path, read_only=True).host() is None
+
+
+def test_the_store_runs_wal_with_normal_durability(tmp_path: Path) -> None:
+    """Samples are re-sent by the boxes, so the host may lose the last ticks to a power cut
+    (NORMAL) rather than pay an fsync per tick (FULL)."""
+    store = FleetStore(tmp_path / "fleet.sqlite")
+    assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert store._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    store.close()
+
+
+def test_a_reader_of_a_missing_store_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "fleet.sqlite"
+    with pytest.raises(ApplianceError) as caught:
+        FleetStore(path, read_only=True)
+    assert str(caught.value) == f"no fleet health store at {path}; has the aggregator run yet?"
+    assert not path.parent.exists()
+
+
+def test_a_reader_of_an_unopenable_store_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.sqlite"
+    path.mkdir()
+    with pytest.raises(ApplianceError, match="fleet health store unreadable") as caught:
+        FleetStore(path, read_only=True)
+    assert str(path) in str(caught.value)
