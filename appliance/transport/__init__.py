@@ -7,6 +7,8 @@
 - `wire`: versioned message schemas (pydantic), the signed envelope, the binary chunk format.
 - `outbox`: the durable SQLite queue of everything a node must still deliver.
 - `sender` / `receiver`: signed, chunked, resumable artifact transfer on top of both.
+- `node`: all of it for one node, as the daemons use it; `events`: what it hands them
+  (`ArtifactArrived`, `MessageArrived`), pulled by their main loop and acknowledged.
 - `rejects`: refusal reasons and counters.
 
 The protocol is described in `docs/protocol.md`.

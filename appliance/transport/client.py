@@ -22,7 +22,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -56,6 +57,9 @@ class Inbound:
     topic: str
     payload: bytes
     retain: bool
+    ack: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+    """Set for a subscription made with `ack_later`: call it (from any thread) once the
+    message is safe; until then the broker keeps it and re-sends it after a reconnect."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,14 @@ Handler = Callable[[Inbound], None]
 Done = Callable[[PublishResult], None]
 
 
+def packet_properties(packet_type: int) -> Properties:
+    """Empty MQTT v5 properties for `packet_type` (a `PacketTypes` value)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho leaves it untyped
+
+
 def publish_packet_bytes(topic: str, payload_bytes: int, properties: Properties | None) -> int:
     """Exact size on the wire of a QoS 1 PUBLISH packet (MQTT v5)."""
-    props = len(properties.pack()) if properties is not None else 1
+    props = 1 if properties is None else len(properties.pack())  # type: ignore[no-untyped-call]
     remaining = 2 + len(topic.encode()) + 2 + props + payload_bytes
     return 1 + _varint_bytes(remaining) + remaining
 
@@ -117,6 +126,7 @@ class MqttClient:
         self._will_factory = will_factory
         self._broker_limit: int | None = None
         self._handlers: list[tuple[str, Handler]] = []
+        self._ack_later: set[str] = set()
         self._tickers: list[Callable[[], None]] = []
         self._on_connected: list[Callable[[], None]] = []
         self._lock = threading.Lock()
@@ -161,12 +171,16 @@ class MqttClient:
         client.on_subscribe = self._cb_subscribe
         return client
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, *, ack_later: bool = False) -> None:
         """Run `handler` (in the worker thread) for every message matching `topic_filter`.
 
-        Call before `start()`; subscriptions are (re)made on every connect, QoS 1.
+        Call before `start()`; subscriptions are (re)made on every connect, QoS 1. A message
+        is acknowledged to the broker once its handler returned, or, with `ack_later`, when
+        the handler (or whoever it hands the message to) calls `Inbound.ack`.
         """
         self._handlers.append((topic_filter, handler))
+        if ack_later:
+            self._ack_later.add(topic_filter)
 
     def every_tick(self, ticker: Callable[[], None]) -> None:
         """Run `ticker` in the worker thread about every `tick_s` seconds."""
@@ -183,7 +197,7 @@ class MqttClient:
         self._paho.loop_start()
 
     def _connect_async(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
+        props = packet_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 0 if self._clean_start else self.settings.session_expiry_s
         self._paho.connect_async(
             self.settings.host,
@@ -209,8 +223,16 @@ class MqttClient:
             self._reconnecting = False
 
     def stop(self) -> None:
-        """Disconnect cleanly and stop both threads. Unsent work stays in the outbox."""
+        """Disconnect cleanly and stop both threads. Unsent work stays in the outbox.
+
+        Work already handed to the worker thread (acknowledgements above all) runs before
+        the DISCONNECT, so a message the service acknowledged is not re-sent after a restart.
+        """
         self._stopping = True
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            drained = threading.Event()
+            self._work.put(drained.set)
+            drained.wait(timeout=10)
         self._paho.disable_logger()  # paho logs its own orderly shutdown as errors
         if self._connected.is_set():
             self._paho.disconnect()
@@ -408,16 +430,31 @@ class MqttClient:
             on_done(PublishResult(topic, ok, str(reason)))
 
     def _handle(self, message: Inbound, mid: int, qos: int, generation: int) -> None:
+        deferred = False
         try:
             for topic_filter, handler in self._handlers:
-                if paho.topic_matches_sub(topic_filter, message.topic):
+                if not paho.topic_matches_sub(topic_filter, message.topic):
+                    continue
+                if topic_filter in self._ack_later:
+                    later = partial(self.call_soon, partial(self._ack, mid, qos, generation))
+                    handler(replace(message, ack=later))
+                    deferred = True
+                else:
                     handler(message)
+        except Exception:
+            deferred = False  # the handler failed (and logged why): acknowledge it now
+            raise
         finally:
-            # Acknowledge even when a handler failed (it logged why): an unacknowledged
-            # message would come back after every reconnect. Across a reconnect the broker
-            # re-sends it under the new connection instead, so an old mid is not acked.
-            if qos > 0 and generation == self._generation:
-                self._paho.ack(mid, qos)
+            # Acknowledge even when a handler failed: an unacknowledged message would come
+            # back after every reconnect.
+            if not deferred:
+                self._ack(mid, qos, generation)
+
+    def _ack(self, mid: int, qos: int, generation: int) -> None:
+        """PUBACK one message. Across a reconnect the broker re-sends it under the new
+        connection instead, so an old connection's mid is not acked."""
+        if qos > 0 and generation == self._generation:
+            self._paho.ack(mid, qos)
 
     def _run(self) -> None:
         next_tick = time.monotonic() + self._tick_s

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from appliance.config.transfer import OutboxSettings
 from appliance.errors import ApplianceError
+from appliance.system.sqlite import Durability, StoreOpenError, open_db
 from appliance.transport.rejects import Counters
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,15 @@ class Outbox:
         self.blob_dir = path.with_name(path.name + ".blobs")
         try:
             self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            # FULL: an entry is a promise (the caller goes on as if it were sent). Shared:
+            # application threads and the worker use it, serialised by `_lock`.
+            self._db = open_db(
+                path, durability=Durability.FULL, shared_between_threads=True, schema=_SCHEMA
+            )
+        except OSError as exc:
             raise OutboxError(f"{path}: cannot open the outbox: {exc}") from None
+        except StoreOpenError as exc:
+            raise OutboxError(f"cannot open the outbox: {exc}") from None
         self._remove_orphan_blobs()
 
     def _remove_orphan_blobs(self) -> None:

@@ -8,9 +8,31 @@ What has arrived is recorded in SQLite, so a restarted receiver continues where 
 
 When no chunk arrived for `request_after_s`, the receiver asks the sender for the missing
 ranges (again with back-off); a transfer silent for `stall_timeout_s` is dropped. When all
-chunks are in, the whole file's sha256 must match the signed manifest; only then is the
-artifact handed to the application, recorded as delivered (so a replay is refused) and
-acknowledged to the sender. Every refusal is one log line plus a `rejected.<reason>` counter.
+chunks are in, the whole file's sha256 must match the signed manifest; only then is the file
+moved to the inbox, recorded as 'complete' and handed over (`on_verified`, an
+`ArtifactArrived`). The file stays in the inbox until the service has stored what it needs
+and calls `acknowledge`: then the transfer is recorded as 'delivered' (so a replay is
+refused), the file is deleted and the sender gets its Ack. Every refusal is one log line plus
+a `rejected.<reason>` counter.
+
+Redelivery is one mechanism: the 'complete' rows. An artifact verified but not acknowledged
+before the process ended is offered again by `unacknowledged()`, which the node queues when
+it is created. A sender that re-announces such an artifact meanwhile is not refused (it has
+no Ack yet, rightly): its manifest is ignored until the service acknowledges.
+
+Durability of `transfers.sqlite`: `Durability.NORMAL` (WAL, no fsync per commit). None of
+its rows is a promise to a peer. The Ack is the only promise the receiver makes (the sender
+deletes its copy), and it is sent after `acknowledge`, i.e. after the service's own store
+(FULL) holds the artifact: that store, not this file, backs it. A 'complete' row comes before
+any Ack, so while it exists the sender still holds the artifact. What a power cut can do
+here is lose the last commits, which only repeats work the protocol already repeats: a lost
+'delivered' turns back into 'complete' (the service is offered an artifact it already stored
+and counts it once, as after a crash between its store and `acknowledge`) or into a missing
+row (the sender's re-announce is received again, likewise a duplicate); a lost 'complete'
+restarts the transfer; a lost chunk row is asked for again. A 'complete' row whose inbox
+file is gone at start (its 'delivered' was lost after the file was deleted) is forgotten, so
+a re-announce is received again rather than ignored forever. FULL would instead fsync the
+WAL for every chunk row, up to thousands per artifact, for no guarantee anyone relies on.
 """
 
 import hashlib
@@ -23,11 +45,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from appliance.config.transfer import TransferSettings
+from appliance.errors import ApplianceError
 from appliance.identity import NodeKey, TrustStore
-from appliance.transport.client import Inbound, MqttClient
+from appliance.system.sqlite import Durability, StoreOpenError, open_db
+from appliance.transport.client import Inbound, MqttClient, packet_properties
+from appliance.transport.events import ArtifactArrived
 from appliance.transport.outbox import MIB
 from appliance.transport.rejects import RejectedError, record_rejection
 from appliance.transport.topics import CHUNK, ParsedTopic, TopicError, Topics
@@ -67,15 +91,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 """
 
 
-@dataclass(frozen=True)
-class ReceivedArtifact:
-    """A verified artifact. `path` is removed after the handler returns: move or copy it."""
-
-    manifest: Manifest
-    path: Path
-
-
-ArtifactHandler = Callable[[ReceivedArtifact], None]
+OnVerified = Callable[[ArtifactArrived], None]
 
 
 @dataclass
@@ -112,14 +128,15 @@ class Receiver:
 
     `senders` limits the subscription: a box listens to its aggregator only (otherwise the
     broker, unless its ACL forbids it, sends it every other box's chunks too); the
-    aggregator listens to `+`. The handler runs in the client's worker thread: it should
-    move the file and return.
+    aggregator listens to `+`. `on_verified` runs in the client's worker thread for each
+    newly verified artifact. Like every method here but `progress` and `unacknowledged` (see
+    there), it belongs to that one thread, so the SQLite connection needs no lock.
     """
 
     def __init__(
         self,
         client: MqttClient,
-        handler: ArtifactHandler,
+        on_verified: OnVerified,
         *,
         key: NodeKey,
         trust: TrustStore,
@@ -129,7 +146,7 @@ class Receiver:
         senders: Sequence[str] = ("+",),
     ) -> None:
         self.client = client
-        self.handler = handler
+        self.on_verified = on_verified
         self.key = key
         self.trust = trust
         self.topics = topics
@@ -139,18 +156,12 @@ class Receiver:
         self._inbox_dir = state_dir / "inbox"
         self._partial_dir.mkdir(parents=True, exist_ok=True)
         self._inbox_dir.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            state_dir / "transfers.sqlite", check_same_thread=False, isolation_level=None
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = _open_state(state_dir / "transfers.sqlite")
         self._incoming: dict[tuple[str, str], _Incoming] = {}
         self._next_purge = 0.0
         self._load()
         for sender in senders:
             client.subscribe(topics.artifacts_from(sender), self._on_message)
-        client.on_connected(self._deliver_completed)
         client.every_tick(self._tick)
 
     def progress(self) -> dict[str, tuple[int, int]]:
@@ -164,10 +175,51 @@ class Receiver:
     def max_artifact_bytes(self) -> int:
         return self.settings.max_artifact_mb * MIB
 
+    def unacknowledged(self) -> list[ArtifactArrived]:
+        """Artifacts verified but not yet acknowledged, oldest first: the redelivery.
+
+        It reads the connection from the caller's thread, so call it before the client
+        starts (or from the worker thread).
+        """
+        rows = self._db.execute(
+            "SELECT envelope FROM transfers WHERE state = 'complete' ORDER BY created"
+        ).fetchall()
+        manifests = [read_sealed(bytes(envelope), Manifest) for (envelope,) in rows]
+        arrived = [ArtifactArrived(m, self._inbox_path(m)) for m in manifests]
+        return [artifact for artifact in arrived if artifact.path.exists()]
+
+    def acknowledge(self, artifact: ArtifactArrived) -> None:
+        """The service stored `artifact`: record it delivered, delete its file, ack the sender.
+
+        Harmless when repeated, or for an artifact a previous run acknowledged: only a
+        'complete' transfer is acknowledged. The file deleted is the inbox file the
+        manifest names, never a path taken from the caller.
+        """
+        manifest = artifact.manifest
+        key = (manifest.sender, manifest.artifact_id)
+        row = self._db.execute(
+            "SELECT state FROM transfers WHERE sender = ? AND artifact_id = ?", key
+        ).fetchone()
+        if row is None or row[0] != "complete":
+            self.counters.inc("ignored.already_acknowledged")
+            log.debug("artifact %s acknowledged again; nothing to do", manifest.artifact_id)
+            return
+        self._db.execute(
+            "UPDATE transfers SET state = 'delivered' WHERE sender = ? AND artifact_id = ?", key
+        )
+        self._inbox_path(manifest).unlink(missing_ok=True)
+        self.counters.inc("artifacts_received")
+        log.info("received %s %s from %s", manifest.kind, manifest.artifact_id, manifest.sender)
+        self._send_ack(manifest)
+
+    def _inbox_path(self, manifest: Manifest) -> Path:
+        return self._inbox_dir / f"{manifest.sender}.{manifest.artifact_id}.{manifest.kind}"
+
     # ------------------------------------------------------------ start-up
     def _load(self) -> None:
         """Continue the transfers a previous run left unfinished; delete stray files."""
         self._remove_strays()
+        self._forget_vanished()
         rows = self._db.execute(
             "SELECT envelope FROM transfers WHERE state = 'receiving'"
         ).fetchall()
@@ -204,6 +256,23 @@ class Receiver:
                 if path.name not in keep:
                     log.info("removing stray transfer file %s", path)
                     path.unlink(missing_ok=True)
+
+    def _forget_vanished(self) -> None:
+        """Forget 'complete' transfers whose inbox file is gone (see the module docstring):
+        if the sender still waits for an Ack, its re-announce is then received again."""
+        rows = self._db.execute("SELECT envelope FROM transfers WHERE state = 'complete'")
+        for (envelope,) in rows.fetchall():
+            manifest = read_sealed(bytes(envelope), Manifest)
+            if not self._inbox_path(manifest).exists():
+                log.info(
+                    "artifact %s from %s: inbox file gone, its delivery not recorded; forgotten",
+                    manifest.artifact_id,
+                    manifest.sender,
+                )
+                self._db.execute(
+                    "DELETE FROM transfers WHERE sender = ? AND artifact_id = ?",
+                    (manifest.sender, manifest.artifact_id),
+                )
 
     def _open(self, manifest: Manifest, envelope: bytes, have: set[int]) -> _Incoming:
         partial = self._partial_dir / f"{manifest.sender}.{manifest.artifact_id}.part"
@@ -260,6 +329,10 @@ class Receiver:
             "SELECT state, envelope FROM transfers WHERE sender = ? AND artifact_id = ?",
             (manifest.sender, manifest.artifact_id),
         ).fetchone()
+        if row is not None and row[0] == "complete":
+            # Verified, waiting for the service: the sender rightly has no Ack yet.
+            self.counters.inc("ignored.awaiting_acknowledge")
+            return
         if row is not None and row[0] != "receiving":
             if row[0] == "delivered":
                 self._send_ack(manifest)  # harmless; the sender may have missed our ack
@@ -353,7 +426,7 @@ class Receiver:
                 f"artifact {manifest.artifact_id} from {manifest.sender}: sha256 of the "
                 "reassembled chunks differs from the signed manifest",
             )
-        final = self._inbox_dir / f"{manifest.sender}.{manifest.artifact_id}.{manifest.kind}"
+        final = self._inbox_path(manifest)
         os.replace(incoming.partial, final)
         self._db.execute("BEGIN")
         self._db.execute(
@@ -363,7 +436,14 @@ class Receiver:
         self._db.execute("DELETE FROM chunks WHERE sender = ? AND artifact_id = ?", incoming.key)
         self._db.execute("COMMIT")
         del self._incoming[incoming.key]
-        self._deliver(manifest, final)
+        self.counters.inc("artifacts_verified")
+        log.info(
+            "verified %s %s from %s; handed over",
+            manifest.kind,
+            manifest.artifact_id,
+            manifest.sender,
+        )
+        self.on_verified(ArtifactArrived(manifest, final))
 
     def _drop_damaged_chunks(self, incoming: _Incoming) -> bool:
         """Re-check every chunk on disk against the hash it arrived with; forget bad ones."""
@@ -394,35 +474,6 @@ class Receiver:
                 len(damaged),
             )
         return bool(damaged)
-
-    def _deliver(self, manifest: Manifest, path: Path) -> None:
-        try:
-            self.handler(ReceivedArtifact(manifest, path))
-        except Exception:
-            self.counters.inc("handler_failed")
-            log.exception(
-                "handler failed for artifact %s; kept at %s, retried after reconnect",
-                manifest.artifact_id,
-                path,
-            )
-            return
-        self._db.execute(
-            "UPDATE transfers SET state = 'delivered' WHERE sender = ? AND artifact_id = ?",
-            (manifest.sender, manifest.artifact_id),
-        )
-        path.unlink(missing_ok=True)
-        self.counters.inc("artifacts_received")
-        log.info("received %s %s from %s", manifest.kind, manifest.artifact_id, manifest.sender)
-        self._send_ack(manifest)
-
-    def _deliver_completed(self) -> None:
-        """Hand over artifacts verified before a crash but not yet taken by the handler."""
-        rows = self._db.execute("SELECT envelope FROM transfers WHERE state = 'complete'")
-        for (envelope,) in rows.fetchall():
-            manifest = read_sealed(bytes(envelope), Manifest)
-            path = self._inbox_dir / f"{manifest.sender}.{manifest.artifact_id}.{manifest.kind}"
-            if path.exists():
-                self._deliver(manifest, path)
 
     # ---------------------------------------------------------- timers, wants
     def _tick(self) -> None:
@@ -459,7 +510,7 @@ class Receiver:
             receiver=self.key.node_id,
             ranges=tuple(incoming.missing_ranges()),
         )
-        properties = Properties(PacketTypes.PUBLISH)
+        properties = packet_properties(PacketTypes.PUBLISH)
         properties.MessageExpiryInterval = max(1, round(interval))  # stale wants expire
         self.client.publish(
             self.topics.want(self.key.node_id, manifest.sender, manifest.artifact_id),
@@ -503,3 +554,14 @@ class Receiver:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _open_state(path: Path) -> sqlite3.Connection:
+    """The transfer state, NORMAL durability (see the module docstring). Shared between
+    threads: opened by the node's constructor, then used by the worker thread alone."""
+    try:
+        return open_db(
+            path, durability=Durability.NORMAL, shared_between_threads=True, schema=_SCHEMA
+        )
+    except StoreOpenError as exc:
+        raise ApplianceError(f"transfer state unreadable: {exc}") from None

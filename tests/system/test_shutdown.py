@@ -20,11 +20,13 @@ __all__ = ["broker", "broker_factory", "keys"]  # fixtures used below
 
 
 @pytest.fixture
-def node(tmp_path: Path, broker: Mosquitto, keys: Callable[[str], NodeKey]) -> Iterator[TransportNode]:
+def node(
+    tmp_path: Path, broker: Mosquitto, keys: Callable[[str], NodeKey]
+) -> Iterator[TransportNode]:
     settings = NodeSettings(
         "plant1", mqtt_settings(broker), OutboxSettings(), TransferSettings(), tmp_path / "state"
     )
-    made = TransportNode(keys("box1"), TrustStore(tmp_path / "trust"), settings, lambda a: None)
+    made = TransportNode(keys("box1"), TrustStore(tmp_path / "trust"), settings)
     made.start()
     made.client.wait_connected(WAIT_S)
     yield made

@@ -1,4 +1,8 @@
-"""A whole transport node (client, outbox, sender, receiver) for tests and test processes.
+"""Transport nodes for tests and test processes, assembled by `TransportNode` itself.
+
+`transport_node` builds a node the way the daemons do (there is no second way to wire
+client, outbox, sender and receiver together); `start_node` adds a consumer thread playing
+the service: it pulls each artifact, hashes it and acknowledges it.
 
 Run as a script it is one node in its own process, driven by a JSON file, printing one JSON
 event per line on stdout, so tests can kill it with SIGKILL and start it again:
@@ -8,43 +12,86 @@ event per line on stdout, so tests can kill it with SIGKILL and start it again:
 
 import hashlib
 import json
-import shutil
 import sys
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from appliance.config.mqtt import MqttSettings
 from appliance.config.transfer import OutboxSettings, TransferSettings
 from appliance.identity import NodeKey, TrustStore
-from appliance.transport.client import MqttClient, Will
-from appliance.transport.outbox import Outbox
-from appliance.transport.receiver import ReceivedArtifact, Receiver
-from appliance.transport.sender import Sender
+from appliance.transport.client import Will
+from appliance.transport.events import ArtifactArrived
+from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.topics import Topics
+from appliance.transport.wire import Manifest
 
 PLANT = "plant1"
+OnReceived = Callable[[Manifest, str], None]
 
 
-@dataclass
+def transport_node(
+    key: NodeKey,
+    trust: TrustStore,
+    mqtt: MqttSettings,
+    state_dir: Path,
+    *,
+    transfer: TransferSettings | None = None,
+    outbox: OutboxSettings | None = None,
+    will: Will | None = None,
+) -> TransportNode:
+    """A pull-mode node (not started) with its state in `state_dir`."""
+    settings = NodeSettings(
+        PLANT, mqtt, outbox or OutboxSettings(), transfer or TransferSettings(), state_dir
+    )
+    return TransportNode(key, trust, settings, will=will)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class Node:
-    """One node's transport, started; `received` lists (manifest, sha256 of the file)."""
+    """A started node whose artifacts a consumer thread takes and acknowledges, as a
+    service's main loop would; `received` lists (manifest, sha256 of the file)."""
 
-    client: MqttClient
-    outbox: Outbox
-    sender: Sender
-    receiver: Receiver
-    received: list[tuple[Any, str]] = field(default_factory=list)
+    def __init__(self, transport: TransportNode, on_received: OnReceived | None = None) -> None:
+        self.transport = transport
+        self.client, self.outbox = transport.client, transport.outbox
+        self.sender, self.receiver = transport.sender, transport.receiver
+        self.received: list[tuple[Manifest, str]] = []
+        self._on_received = on_received
+        self._stopping = threading.Event()
+        self._consumer = threading.Thread(target=self._consume, name="consumer", daemon=True)
 
     @property
     def counters(self) -> dict[str, int]:
         return self.client.counters.snapshot()
 
+    def start(self) -> "Node":
+        self._consumer.start()
+        self.transport.start()
+        return self
+
     def stop(self) -> None:
-        self.client.stop()
-        self.receiver.close()
-        self.outbox.close()
+        self._stopping.set()
+        self._consumer.join()
+        self.transport.stop()
+
+    def _consume(self) -> None:
+        while not self._stopping.is_set():
+            event = self.transport.next_event(timeout_s=0.05)
+            if isinstance(event, ArtifactArrived):
+                sha = file_sha256(event.path)
+                self.received.append((event.manifest, sha))
+                if self._on_received is not None:
+                    self._on_received(event.manifest, sha)
+                self.transport.acknowledge(event)
 
 
 def start_node(
@@ -55,41 +102,14 @@ def start_node(
     *,
     transfer: TransferSettings | None = None,
     outbox: OutboxSettings | None = None,
-    save_dir: Path | None = None,
-    on_received: Any = None,
+    on_received: OnReceived | None = None,
     will: Will | None = None,
 ) -> Node:
-    """Build and start a node; received artifacts are hashed (and moved to `save_dir`)."""
-    transfer = transfer or TransferSettings()
-    topics = Topics(PLANT)
-    client = MqttClient(mqtt, key.node_id, will=will, tick_s=0.1)
-    box = Outbox(state_dir / "outbox.sqlite", outbox or OutboxSettings(), client.counters)
-    received: list[tuple[Any, str]] = []
-
-    def handle(artifact: ReceivedArtifact) -> None:
-        digest = hashlib.sha256()
-        with artifact.path.open("rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-        if save_dir is not None:
-            save_dir.mkdir(parents=True, exist_ok=True)
-            shutil.move(artifact.path, save_dir / artifact.manifest.artifact_id)
-        received.append((artifact.manifest, digest.hexdigest()))
-        if on_received is not None:
-            on_received(artifact.manifest, digest.hexdigest())
-
-    sender = Sender(client, box, key=key, trust=trust, topics=topics, settings=transfer)
-    receiver = Receiver(
-        client,
-        handle,
-        key=key,
-        trust=trust,
-        topics=topics,
-        settings=transfer,
-        state_dir=state_dir,
+    """Build and start a node whose received artifacts are hashed and acknowledged."""
+    transport = transport_node(
+        key, trust, mqtt, state_dir, transfer=transfer, outbox=outbox, will=will
     )
-    client.start()
-    return Node(client, box, sender, receiver, received)
+    return Node(transport, on_received).start()
 
 
 def _emit(event: str, **fields: Any) -> None:
@@ -107,7 +127,6 @@ def main(config_path: str) -> None:
         MqttSettings(**config["mqtt"]),
         Path(config["state_dir"]),
         transfer=TransferSettings(**config.get("transfer", {})),
-        save_dir=Path(config["save_dir"]) if config.get("save_dir") else None,
         on_received=lambda manifest, sha: _emit(
             "received", artifact_id=manifest.artifact_id, sha256=sha
         ),

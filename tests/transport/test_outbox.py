@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config.transfer import OutboxSettings
-from appliance.transport.outbox import MIB, Outbox, Priority
+from appliance.transport.outbox import MIB, Outbox, OutboxError, Priority
 
 
 def _outbox(path: Path, max_mb: int = 1, max_age_s: int = 3600) -> Outbox:
@@ -107,3 +107,9 @@ def test_artifact_file_without_a_row_is_removed_on_open(tmp_path: Path) -> None:
     reopened = _outbox(tmp_path)
     assert sorted(p.name for p in reopened.blob_dir.iterdir()) == ["ab" * 16]
     assert reopened.read("ab" * 16, 0, 10) == b"kept"
+
+
+def test_an_outbox_that_cannot_be_opened_is_an_outbox_error(tmp_path: Path) -> None:
+    (tmp_path / "outbox.sqlite").mkdir()  # a directory where the database should be
+    with pytest.raises(OutboxError, match=r"cannot open the outbox: .*outbox\.sqlite"):
+        _outbox(tmp_path)

@@ -122,8 +122,8 @@ def test_hash_mismatch_of_reassembled_artifact_is_rejected(
     _expect(agg, "hash_mismatch")
     assert "differs from the signed manifest" in caplog.text
     assert agg.received == []
-    assert not list((tmp_path / "agg" / "inbox").iterdir())
-    assert not list((tmp_path / "agg" / "partial").iterdir())
+    assert not list((tmp_path / "agg" / "transfers" / "inbox").iterdir())
+    assert not list((tmp_path / "agg" / "transfers" / "partial").iterdir())
 
 
 def test_malformed_payloads_are_each_rejected_and_receiver_keeps_working(
