@@ -1,9 +1,11 @@
 """Read the demo's results from the aggregator's audit log and print them per round."""
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from appliance.federation.audit import read_events
+from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
 
 
 @dataclass
@@ -15,51 +17,68 @@ class RoundSummary:
     seconds: float | None = None
     bytes_up: dict[str, int] = field(default_factory=dict)
     dense_fp32_bytes: dict[str, int] = field(default_factory=dict)
+    """What each update would weigh as dense fp32; empty for a secure round (masked)."""
     bytes_down: int = 0
     strategy: dict[str, Any] = field(default_factory=dict)
-    boxes: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    boxes: dict[str, EvaluationReceived] = field(default_factory=dict)
+
+    def ratio(self, box: str) -> float | None:
+        """How much smaller the box's update was than dense fp32 (None: not known)."""
+        up, dense = self.bytes_up.get(box), self.dense_fp32_bytes.get(box)
+        return dense / up if up and dense is not None else None
 
     def as_json(self) -> dict[str, Any]:
-        ratio = {b: self.dense_fp32_bytes[b] / n for b, n in self.bytes_up.items() if n}
+        """The round in the demo's JSON summary."""
+        ratios = {box: self.ratio(box) for box in self.bytes_up}
         return {
             "round_id": self.round_id,
             "global_version": self.global_version,
             "seconds": self.seconds,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
-            "compression_ratio": ratio,
+            "compression_ratio": {box: r for box, r in ratios.items() if r is not None},
             "strategy": self.strategy,
-            "boxes": self.boxes,
+            "boxes": {
+                box: {"nll_base": e.nll_base, "nll_local": e.nll_local, "nll_global": e.nll_global}
+                for box, e in self.boxes.items()
+            },
         }
 
 
 def read_rounds(
     audit_log: Path, opened_at: dict[str, float], done_at: dict[str, float]
 ) -> list[RoundSummary]:
-    """Rounds found in the audit log so far, with the evaluations boxes reported."""
+    """Rounds found in the audit log so far, with the evaluations boxes reported (a line the
+    aggregator is writing right now waits for the next call)."""
     rounds: dict[str, RoundSummary] = {}
     if not audit_log.exists():
         return []
-    for line in audit_log.read_text().splitlines():
-        record = json.loads(line)
-        data = record["data"]
-        kind = record["kind"]
-        if kind == "round_aggregated":
-            summary = rounds.setdefault(data["round_id"], RoundSummary(data["round_id"]))
-            summary.global_version = data["global_version"]
-            summary.bytes_up = data["update_bytes"]
-            summary.dense_fp32_bytes = data["update_dense_fp32_bytes"]
-            summary.bytes_down = data["global_bytes"] * len(data["participants"])
-            summary.strategy = data["strategy"]
-            if data["round_id"] in opened_at and data["round_id"] in done_at:
-                summary.seconds = done_at[data["round_id"]] - opened_at[data["round_id"]]
-        elif kind == "evaluation" and data["round_id"] in rounds:
-            rounds[data["round_id"]].boxes[data["node_id"]] = {
-                "nll_base": data["nll_base"],
-                "nll_local": data["nll_local"],
-                "nll_global": data["nll_global"],
-            }
+    for event in read_events(audit_log):
+        if isinstance(event, RoundAggregated):
+            rounds[event.round_id] = _summary(event, opened_at, done_at)
+        elif isinstance(event, EvaluationReceived) and event.round_id in rounds:
+            rounds[event.round_id].boxes[event.node_id] = event
     return list(rounds.values())
+
+
+def _summary(
+    event: RoundAggregated, opened_at: dict[str, float], done_at: dict[str, float]
+) -> RoundSummary:
+    round_id = event.round_id
+    seconds = (
+        done_at[round_id] - opened_at[round_id]
+        if round_id in opened_at and round_id in done_at
+        else None
+    )
+    return RoundSummary(
+        round_id,
+        global_version=event.global_version,
+        seconds=seconds,
+        bytes_up=dict(event.update_bytes),
+        dense_fp32_bytes=dict(event.update_dense_fp32_bytes or {}),
+        bytes_down=event.global_bytes * len(event.participants),
+        strategy=dict(event.strategy),
+    )
 
 
 def round_table(summary: RoundSummary, boxes: tuple[str, ...]) -> str:
@@ -71,13 +90,16 @@ def round_table(summary: RoundSummary, boxes: tuple[str, ...]) -> str:
         f"  {'box':<8} {'NLL base':>9} {'local':>9} {'global':>9} {'bytes up':>10} {'ratio':>7}",
     ]
     for box in boxes:
-        numbers = summary.boxes.get(box, {})
-        up = summary.bytes_up.get(box)
-        ratio = summary.dense_fp32_bytes.get(box, 0) / up if up else None
+        evaluation = summary.boxes.get(box)
+        up, ratio = summary.bytes_up.get(box), summary.ratio(box)
+        base, local, global_ = (
+            (evaluation.nll_base, evaluation.nll_local, evaluation.nll_global)
+            if evaluation is not None
+            else (None, None, None)
+        )
         lines.append(
-            f"  {box:<8} {_f(numbers.get('nll_base'))} {_f(numbers.get('nll_local'))} "
-            f"{_f(numbers.get('nll_global'))} {up if up is not None else '-':>10} "
-            f"{f'{ratio:.1f}x' if ratio else '-':>7}"
+            f"  {box:<8} {_f(base)} {_f(local)} {_f(global_)} "
+            f"{up if up is not None else '-':>10} {f'{ratio:.1f}x' if ratio else '-':>7}"
         )
     lines.append(f"  bytes down (global adapter to every box): {summary.bytes_down}")
     return "\n".join(lines)

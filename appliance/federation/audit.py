@@ -12,6 +12,10 @@ at least one signed line, because a signature covers `prev` and so anchors every
 it. An unsigned line after a signed one, or a log with no signed line at all, fails with a
 key. Removing lines from the end cannot be seen from the file alone: `verify` prints the head
 hash, which the aggregator also publishes.
+
+A line's `kind` and `data` are an event of appliance/federation/audit_events.py: written with
+`AuditLog.append_event`, read back as models with `read_events`, so writer and readers share
+one schema.
 """
 
 import base64
@@ -20,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance.errors import ApplianceError
+from appliance.federation.audit_events import (
+    AuditEvent,
+    EventError,
+    EventT,
+    parse_as,
+    parse_event,
+)
 from appliance.identity import NodeKey
 
 GENESIS = "0" * 64
@@ -80,9 +92,40 @@ class AuditLog:
         last = json.loads(data.splitlines()[-1])
         return ChainHead(int(last["seq"]), str(last["hash"]))
 
-    def find(self, kind: str, key: str, value: object) -> dict[str, Any] | None:
-        """The data of the first `kind` event whose `key` is `value`, or None. A restart asks
-        this before writing an event that the crash may have come just after."""
+    def append_event(self, event: AuditEvent) -> ChainHead:
+        """Add one event under its kind, its data the model's JSON form; returns the new
+        head."""
+        return self._write(event.kind, event.model_dump(mode="json"))
+
+    def append_event_once(self, event: AuditEvent, *keys: str) -> bool:
+        """Append unless an event of the same kind with the same `keys` fields is already
+        there (a restart repeating a step the crash came just after, a message delivered
+        twice); whether it was appended."""
+        data = event.model_dump(mode="json")
+        if self._find(event.kind, {key: data[key] for key in keys}) is not None:
+            return False
+        self._write(event.kind, data)
+        return True
+
+    def find_event(self, model: type[EventT], key: str, value: object) -> EventT | None:
+        """The first `model` event whose `key` field is `value`, or None. A restart asks this
+        before redoing a step the crash may have come just after."""
+        data = self._find(model.kind, {key: value})
+        if data is None:
+            return None
+        try:
+            return parse_as(model, data)
+        except EventError as exc:
+            raise AuditError(f"{self.path}: {exc}") from None
+
+    def append(self, kind: str, data: dict[str, Any]) -> ChainHead:
+        """Add one raw record; returns the new head. The services write typed events
+        (`append_event`); this is the chain's primitive, for tools and tests that write
+        records of their own."""
+        return self._write(kind, data)
+
+    def _find(self, kind: str, fields: dict[str, object]) -> dict[str, Any] | None:
+        """The first `kind` line's data with these `fields` values (JSON values compared)."""
         if not self.path.exists():
             return None
         needle = f'"kind":"{kind}"'.encode()
@@ -91,17 +134,12 @@ class AuditLog:
                 if needle not in raw:
                     continue
                 data = json.loads(raw)["data"]
-                if isinstance(data, dict) and data.get(key) == value:
+                if isinstance(data, dict) and all(data.get(k) == v for k, v in fields.items()):
                     return data
         return None
 
-    def append_once(self, kind: str, data: dict[str, Any], key: str) -> None:
-        """Append unless an event of `kind` with the same `data[key]` is already there."""
-        if self.find(kind, key, data[key]) is None:
-            self.append(kind, data)
-
-    def append(self, kind: str, data: dict[str, Any]) -> ChainHead:
-        """Add one event; returns the new head."""
+    def _write(self, kind: str, data: dict[str, Any]) -> ChainHead:
+        """One chained (and signed) line, fsync'd before the head moves."""
         record: dict[str, Any] = {
             "seq": self.head.seq + 1,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -124,6 +162,47 @@ class AuditLog:
             os.close(fd)
         self.head = ChainHead(record["seq"], record["hash"])
         return self.head
+
+
+class _NotFiniteError(ValueError):
+    """A NaN or Infinity constant in a line (Python's JSON reads them; JSON has none)."""
+
+
+def _refuse_constant(name: str) -> object:
+    raise _NotFiniteError(name)
+
+
+def read_events(path: Path) -> Iterator[AuditEvent]:
+    """Every event of a log, in order, each checked against its kind's model (the chain and
+    signatures are `verify`'s part). Made for a log the aggregator is writing: a last line
+    without its newline is a write in progress and is left for the next read. Any other bad
+    line is an `AuditError` naming the file, the line and what is wrong."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot be read: {exc.strerror}") from None
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                return
+            yield _event(f"{path}:{number}", raw)
+
+
+def _event(where: str, raw: bytes) -> AuditEvent:
+    try:
+        record = json.loads(raw, parse_constant=_refuse_constant)
+    except _NotFiniteError as exc:
+        raise AuditError(f"{where}: {exc} is not a number JSON allows") from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError included
+        raise AuditError(f"{where}: not valid JSON") from None
+    if not isinstance(record, dict) or not isinstance(record.get("kind"), str):
+        raise AuditError(f"{where}: not an audit record (no kind)")
+    if "data" not in record:
+        raise AuditError(f"{where}: not an audit record (no data)")
+    try:
+        return parse_event(record["kind"], record["data"])
+    except EventError as exc:
+        raise AuditError(f"{where}: {exc}") from None
 
 
 @dataclass(frozen=True)

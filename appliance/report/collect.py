@@ -6,20 +6,24 @@ audit log gives each new global adapter and every box's evaluation (held-out NLL
 match for the base model, the box's own local adapter and the global one; the box's training
 time), the rollout store whether a candidate was promoted, and the fleet health store the
 energy counters. A number a box did not report stays empty.
+
+The stores are read through their own read-only queries and the audit log as typed events
+(appliance/federation/audit_events.py), so the report holds no copy of their schemas; only
+the energy window (appliance/report/energy.py) still queries the fleet health store itself.
 """
 
-import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
 
 from appliance.errors import ApplianceError
-from appliance.federation.messages import Evaluation
+from appliance.federation.audit import AuditError, read_events
+from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
+from appliance.federation.rounds import RoundStore
 from appliance.report.energy import window_energy
+from appliance.rollout.store import RolloutStore
+from appliance.system.sqlite import StoreOpenError, open_db
 
 
 class ReportError(ApplianceError):
@@ -114,10 +118,10 @@ def collect(state_dir: Path, plant: str) -> ReportData:
     for row in rounds:
         made = aggregated.get(row.round_id)
         if made is not None:
-            row.global_version = int(made["global_version"])
-            row.global_bytes = int(made["global_bytes"])
-            row.participants = sorted(str(p) for p in made["participants"])
-            row.rollout, row.rollout_reason = stages.get(row.global_version, (None, None))
+            row.global_version = made.global_version
+            row.global_bytes = made.global_bytes
+            row.participants = sorted(made.participants)
+            row.rollout, row.rollout_reason = stages.get(made.global_version, (None, None))
         for box in boxes:
             cell = Cell(row.seq, row.round_id, box, invited=box in row.invited)
             size, _received = updates.get((row.round_id, box), (None, None))
@@ -138,71 +142,50 @@ def collect(state_dir: Path, plant: str) -> ReportData:
 def _read_round_store(
     path: Path,
 ) -> tuple[list[RoundRow], dict[tuple[str, str], tuple[int, float]]]:
+    """Rounds oldest first, and each accepted update's size and arrival by (round, box)."""
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute(
-                "SELECT round_id, seq, state, opened_at, closed_at, participants FROM rounds "
-                "ORDER BY seq"
-            ).fetchall()
-            sizes = db.execute(
-                "SELECT round_id, node_id, size_bytes, received_at FROM updates"
-            ).fetchall()
-    except sqlite3.DatabaseError as exc:
+        with closing(RoundStore(path, read_only=True)) as store:
+            history, arrivals = store.history(), store.arrivals()
+    except (StoreOpenError, sqlite3.DatabaseError, ValueError) as exc:
         raise ReportError(f"{path}: cannot be read as a round store: {exc}") from None
     rounds = [
-        RoundRow(int(seq), str(rid), str(state), float(opened), closed, list(json.loads(who)))
-        for rid, seq, state, opened, closed, who in rows
+        RoundRow(r.seq, r.round_id, r.state.value, r.opened_at, closed_at, list(r.participants))
+        for r, closed_at in history
     ]
-    updates = {(str(r), str(n)): (int(s), float(t)) for r, n, s, t in sizes}
-    return rounds, updates
-
-
-def _refuse_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a number JSON allows")
+    return rounds, arrivals
 
 
 def _read_audit(
     path: Path,
-) -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str], Evaluation]]:
+) -> tuple[dict[str, RoundAggregated], dict[tuple[str, str], EvaluationReceived]]:
     """New global adapters by round, and each box's first evaluation per round."""
-    aggregated: dict[str, dict[str, Any]] = {}
-    evaluations: dict[tuple[str, str], Evaluation] = {}
+    aggregated: dict[str, RoundAggregated] = {}
+    evaluations: dict[tuple[str, str], EvaluationReceived] = {}
     if not path.exists():
         raise ReportError(f"no audit log at {path}; has the aggregator run yet?")
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if not raw.endswith(b"\n"):
-                break  # a line being written right now
-            try:
-                record = json.loads(raw, parse_constant=_refuse_constant)
-                kind, data = record["kind"], record["data"]
-                if kind == "round_aggregated":
-                    for key in ("round_id", "global_version", "global_bytes", "participants"):
-                        if key not in data:
-                            raise ValueError(f"round_aggregated without {key!r}")
-                    aggregated[str(data["round_id"])] = data
-                elif kind == "evaluation":
-                    evaluation = Evaluation.model_validate_json(json.dumps(data))
-                    evaluations.setdefault((evaluation.round_id, evaluation.node_id), evaluation)
-            except (ValueError, KeyError, TypeError) as exc:
-                detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else exc
-                raise ReportError(
-                    f"{where}: not a readable audit record ({detail}); "
-                    "check the file with `appliance audit verify`"
-                ) from None
+    try:
+        for event in read_events(path):
+            if isinstance(event, RoundAggregated):
+                aggregated[event.round_id] = event
+            elif isinstance(event, EvaluationReceived):
+                evaluations.setdefault((event.round_id, event.node_id), event)
+    except AuditError as exc:
+        raise ReportError(
+            f"not a readable audit record: {exc}; check the file with `appliance audit verify`"
+        ) from None
     return aggregated, evaluations
 
 
 def _read_rollouts(path: Path) -> dict[int, tuple[str, str | None]]:
+    """Each candidate's stage and the reason of its decision, by version."""
     if not path.exists():
         return {}
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            rows = db.execute("SELECT version, stage, reason FROM rollouts").fetchall()
-    except sqlite3.DatabaseError as exc:
+        with closing(RolloutStore(path, read_only=True)) as store:
+            rows = store.all()
+    except (StoreOpenError, sqlite3.DatabaseError, ValueError) as exc:
         raise ReportError(f"{path}: cannot be read as a rollout store: {exc}") from None
-    return {int(v): (str(stage), reason) for v, stage, reason in rows}
+    return {row.version: (row.stage.value, row.reason) for row in rows}
 
 
 def _add_energy(
@@ -216,7 +199,7 @@ def _add_energy(
         return
     opened = {r.round_id: r.opened_at for r in rounds}
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        with closing(open_db(path, read_only=True)) as db:
             for cell in cells:
                 arrival = updates.get((cell.round_id, cell.box))
                 if arrival is None:
@@ -225,5 +208,5 @@ def _add_energy(
                 energy = window_energy(db, cell.box, start, end)
                 if energy is not None:
                     cell.energy_j, cell.energy_source = energy.joules, energy.source
-    except sqlite3.DatabaseError as exc:
+    except (StoreOpenError, sqlite3.DatabaseError) as exc:
         raise ReportError(f"{path}: cannot be read as a fleet health store: {exc}") from None

@@ -11,10 +11,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from appliance.config.rollout import RolloutSettings
 from appliance.federation.audit import AuditLog
+from appliance.federation.audit_events import (
+    CanaryNumbers,
+    OperatorCommandCarriedOut,
+    RolloutPromoted,
+    RolloutRejected,
+    RolloutStarted,
+)
 from appliance.federation.messages import Command, Evaluation
 from appliance.rollout.canary import pick_canaries
 from appliance.rollout.gate import judge
@@ -75,15 +81,14 @@ class Rollout:
         if row.stage != Stage.CANARY:
             return (*row.canaries, *row.others)
         if known is None:
-            self.audit.append(
-                "rollout_started",
-                {
-                    "global_version": version,
-                    "round_id": round_id,
-                    "base_version": base_version,
-                    "canaries": list(row.canaries),
-                    "waiting": list(row.others),
-                },
+            self.audit.append_event(
+                RolloutStarted(
+                    global_version=version,
+                    round_id=round_id,
+                    base_version=base_version,
+                    canaries=row.canaries,
+                    waiting=row.others,
+                )
             )
         log.info("global adapter v%d goes to canaries %s first", version, ", ".join(row.canaries))
         return row.canaries
@@ -139,8 +144,15 @@ class Rollout:
         the send (a box installs a version once) and never loses it."""
         if pending.others:
             actions.send_global(pending.version, pending.round_id, pending.others)
-        record = {**_decision(pending, reason, reports), "recipients": list(pending.others)}
-        self.audit.append_once("rollout_promoted", record, "global_version")
+        promoted = RolloutPromoted(
+            global_version=pending.version,
+            round_id=pending.round_id,
+            canaries=pending.canaries,
+            reports=_numbers(reports),
+            reason=reason,
+            recipients=pending.others,
+        )
+        self.audit.append_event_once(promoted, "global_version")
         self.store.decide(pending.version, Stage.PROMOTED, reason, now)
         log.info("global adapter v%d promoted: %s", pending.version, reason)
 
@@ -157,13 +169,17 @@ class Rollout:
         actions.send_command(
             Command(action="rollback", nodes=pending.canaries, global_version=pending.base_version)
         )
-        record = {
-            **_decision(pending, reason, reports),
-            "regressions": list(regressions),
-            "rolled_back_to": pending.base_version,
-            "never_sent_to": list(pending.others),
-        }
-        self.audit.append_once("rollout_rejected", record, "global_version")
+        rejected = RolloutRejected(
+            global_version=pending.version,
+            round_id=pending.round_id,
+            canaries=pending.canaries,
+            reports=_numbers(reports),
+            reason=reason,
+            regressions=tuple(regressions),
+            rolled_back_to=pending.base_version,
+            never_sent_to=pending.others,
+        )
+        self.audit.append_event_once(rejected, "global_version")
         self.store.decide(pending.version, Stage.REJECTED, reason, now)
         log.warning(
             "global adapter v%d rejected, canaries roll back to v%d: %s",
@@ -179,7 +195,9 @@ class Rollout:
         if command.action == "rollback" and not command.nodes:
             outcome, revert = self._fleet_rollback(now, actions)
         elif command.action == "rollback":
-            actions.send_command(Command(action="rollback", nodes=command.nodes))
+            actions.send_command(
+                Command(action="rollback", nodes=command.nodes, command_id=command.id)
+            )
             outcome = f"{', '.join(command.nodes)} told to go back to their previous adapter"
         elif command.action == "pin" and command.version is not None:
             box = command.nodes[0]
@@ -196,15 +214,14 @@ class Rollout:
             actions.send_command(Command(action="unpin", nodes=command.nodes))
             outcome = f"{', '.join(command.nodes)} unpinned"
         self.store.command_sent(command.id, outcome, now)
-        self.audit.append(
-            "operator_command",
-            {
-                "command_id": command.id,
-                "action": command.action,
-                "nodes": list(command.nodes) or "fleet",
-                "global_version": command.version,
-                "outcome": outcome,
-            },
+        self.audit.append_event(
+            OperatorCommandCarriedOut(
+                command_id=command.id,
+                action=command.action,
+                nodes=command.nodes or "fleet",
+                global_version=command.version,
+                outcome=outcome,
+            )
         )
         log.warning("operator command %d (%s): %s", command.id, command.action, outcome)
         return revert
@@ -221,25 +238,18 @@ class Rollout:
         return f"fleet rolled back from v{current.version} to v{target}", target
 
 
-def _decision(pending: RolloutRow, reason: str, reports: dict[str, Evaluation]) -> dict[str, Any]:
-    """What a promotion or rejection is audited with: the canaries' numbers and the reason."""
-    numbers = {
-        box: {
-            "nll_base": r.nll_base,
-            "nll_current": r.nll_current,
-            "nll_candidate": r.nll_global,
-            "current_version": r.current_version,
-            "task_base": r.task_base,
-            "task_current": r.task_current,
-            "task_candidate": r.task_global,
-            "task_records": r.task_records,
-        }
-        for box, r in sorted(reports.items())
-    }
+def _numbers(reports: dict[str, Evaluation]) -> dict[str, CanaryNumbers]:
+    """The canaries' numbers a promotion or rejection is audited with."""
     return {
-        "global_version": pending.version,
-        "round_id": pending.round_id,
-        "canaries": list(pending.canaries),
-        "reports": numbers,
-        "reason": reason,
+        box: CanaryNumbers(
+            nll_base=r.nll_base,
+            nll_current=r.nll_current,
+            nll_candidate=r.nll_global,
+            current_version=r.current_version,
+            task_base=r.task_base,
+            task_current=r.task_current,
+            task_candidate=r.task_global,
+            task_records=r.task_records,
+        )
+        for box, r in sorted(reports.items())
     }

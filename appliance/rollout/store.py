@@ -4,17 +4,18 @@ Tables: `rollouts` (one row per candidate global adapter: its canaries, the boxe
 it, its stage and the reason of the decision), `canary_reports` (the canaries' evaluations,
 kept as their JSON), `commands` (operator rollback/pin/unpin requests queued by the command
 line for the running aggregator, with when they were sent) and `pins` (boxes the operator
-pinned to a version). Writes are committed at once (WAL, synchronous=FULL), so the command
-line and the aggregator can use the file at the same time.
+pinned to a version). Writes are committed at once (`Durability.FULL`: a decision is on disk
+before it is acted on), so the command line and the aggregator can use the file at the same
+time.
 """
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from appliance.federation.messages import Evaluation
+from appliance.system.sqlite import Durability, open_db
 
 STORE_FILE = "rollout.sqlite"
 
@@ -95,15 +96,15 @@ class RolloutStore:
     """The rollout tables in one SQLite file."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create) the store; `read_only` for `fleet status` and the report, which
+        never write it and never create it (`StoreOpenError` when it is missing)."""
         self.path = path
-        if read_only:
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_db(
+            path,
+            durability=Durability.FULL,
+            read_only=read_only,
+            schema=None if read_only else SCHEMA,
+        )
 
     def close(self) -> None:
         """Close the database."""

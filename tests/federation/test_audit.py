@@ -1,4 +1,5 @@
-"""Audit log: appends chain; any edit, removal or reordering is found at its line."""
+"""Audit log: appends chain; any edit, removal or reordering is found at its line; typed
+events are written as their JSON and read back, a bad line named."""
 
 import json
 import subprocess
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.federation.audit import GENESIS, AuditError, AuditLog, verify
+from appliance.federation.audit import GENESIS, AuditError, AuditLog, check, read_events, verify
+from appliance.federation.audit_events import RoundAggregated, RoundOpened, parse_as, parse_event
+from tests.federation.test_audit_events import WRITTEN
 
 
 def make_log(path: Path, n: int = 5) -> AuditLog:
@@ -134,3 +137,134 @@ def test_audit_verify_command(tmp_path: Path) -> None:
     missing = run_verify(tmp_path / "none.jsonl")
     assert missing.returncode == 1
     assert "cannot be read" in missing.stderr
+
+
+# -- typed events ------------------------------------------------------------------------------
+
+
+def opened(round_id: str = "r1-a") -> RoundOpened:
+    return parse_as(RoundOpened, WRITTEN["round_opened"] | {"round_id": round_id})
+
+
+def test_typed_events_are_written_as_their_json_and_read_back(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    events = [parse_event(kind, data) for kind, data in sorted(WRITTEN.items())]
+    for event in events:
+        log.append_event(event)
+    assert list(read_events(log.path)) == events
+    first = json.loads(lines(log.path)[0])
+    assert (first["kind"], first["data"]) == (events[0].kind, events[0].model_dump(mode="json"))
+    assert verify(log.path).seq == len(events)
+
+
+def test_records_written_the_old_way_read_as_events(tmp_path: Path) -> None:
+    """A log written with the dict `append` (every log before the typed calls)."""
+    log = AuditLog(tmp_path / "audit.jsonl")
+    for kind, data in WRITTEN.items():
+        log.append(kind, data)
+    assert [e.kind for e in read_events(log.path)] == list(WRITTEN)
+
+
+def test_append_event_once_and_find_event(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    assert log.find_event(RoundOpened, "round_id", "r1-a") is None  # no file yet
+    log.append_event_once(opened("r1-a"), "round_id")
+    log.append_event_once(opened("r1-a"), "round_id")  # a restart repeating the step
+    log.append_event_once(opened("r2-b"), "round_id")
+    assert [e.round_id for e in read_events(log.path)] == ["r1-a", "r2-b"]  # type: ignore[union-attr]
+    found = log.find_event(RoundOpened, "round_id", "r2-b")
+    assert found == opened("r2-b")
+    assert log.find_event(RoundOpened, "round_id", "r9-z") is None
+    assert log.find_event(RoundAggregated, "round_id", "r1-a") is None  # another kind
+
+
+def test_find_event_names_a_record_that_does_not_fit(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append("round_opened", {"round_id": "r1-a", "plan": {}})
+    with pytest.raises(AuditError, match=r"audit.jsonl: round_opened: global_version: Field"):
+        log.find_event(RoundOpened, "round_id", "r1-a")
+
+
+def test_the_reader_leaves_a_half_written_last_line_for_later(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append_event(opened())
+    with log.path.open("ab") as handle:
+        handle.write(b'{"data":{"round_id":"r2-')
+    assert list(read_events(log.path)) == [opened()]
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"not json\n", "not valid JSON"),
+        (b"\xff\xfe\n", "not valid JSON"),
+        (b"[1, 2]\n", "not an audit record (no kind)"),
+        (b'{"kind": 3, "data": {}}\n', "not an audit record (no kind)"),
+        (b'{"kind": "evaluation"}\n', "not an audit record (no data)"),
+        (b'{"kind": "evaluation", "data": {"nll_global": NaN}}\n', "NaN is not a number JSON allows"),
+        (b'{"kind": "evaluation", "data": {"nll_global": 1e999}}\n', "evaluation: data is not finite JSON"),
+        (b'{"kind": "round_aggregated", "data": {"round_id": "r"}}\n', "round_aggregated: participants: Field required (and"),
+        (b'{"kind": "round", "data": {}}\n', "unknown event kind 'round'"),
+    ],
+)  # fmt: skip
+def test_the_reader_names_a_corrupted_line(tmp_path: Path, line: bytes, error: str) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    log.append_event(opened())
+    with log.path.open("ab") as handle:
+        handle.write(line)
+    log.append_event(opened("r2-b"))  # a good line after it: the bad one is not the last
+    events = read_events(log.path)
+    assert next(events) == opened()
+    with pytest.raises(AuditError) as caught:
+        next(events)
+    assert str(caught.value).startswith(f"{log.path}:2: {error}")
+
+
+def test_the_reader_names_a_missing_log(tmp_path: Path) -> None:
+    with pytest.raises(AuditError, match=r"none.jsonl: cannot be read"):
+        list(read_events(tmp_path / "none.jsonl"))
+
+
+LOGS = Path(__file__).parent / "audit_logs"
+
+
+@pytest.mark.parametrize(
+    ("name", "kinds"),
+    [
+        (
+            "demo-plain-rounds.jsonl",
+            ["round_opened", "round_aggregated", "evaluation", "round_opened", "evaluation",
+             "evaluation", "round_aggregated", "evaluation", "evaluation", "evaluation"],
+        ),
+        ("update-rejected.jsonl", ["round_opened", "update_rejected"]),
+        (
+            "secure-round.jsonl",
+            ["round_opened", "round_aggregated", "evaluation", "evaluation", "evaluation"],
+        ),
+        (
+            "rollout-rejected.jsonl",
+            ["round_opened", "round_aggregated", "rollout_started", "evaluation",
+             "rollout_promoted", "evaluation", "round_opened", "round_aggregated",
+             "rollout_started", "evaluation", "rollout_rejected"],
+        ),
+    ],
+)  # fmt: skip
+def test_logs_written_before_the_typed_events_read_as_events(name: str, kinds: list[str]) -> None:
+    """Signed logs the daemons wrote with the dict `append` (the demo, a junk update, a
+    secure round with a frozen box, a harmful update stopped on its canary)."""
+    path = LOGS / name
+    assert check(path).signed == len(kinds)  # untouched since the daemons wrote them
+    events = list(read_events(path))
+    assert [e.kind for e in events] == kinds
+    for line, event in zip(lines(path), events, strict=True):
+        data, dumped = json.loads(line)["data"], event.model_dump(mode="json")
+        assert {k: dumped[k] for k in data} == data  # what the line holds, nothing lost
+
+
+def test_a_secure_round_of_a_real_log_names_who_dropped() -> None:
+    aggregated = [
+        e for e in read_events(LOGS / "secure-round.jsonl") if isinstance(e, RoundAggregated)
+    ]
+    (secure,) = aggregated
+    assert secure.secure_aggregation is not None and secure.dropped == ("box-3",)
+    assert secure.privacy is None

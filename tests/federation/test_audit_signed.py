@@ -11,7 +11,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.federation.audit import AuditError, AuditLog, canonical, check, line_hash, verify
+from appliance.federation.audit_events import RoundOpened, parse_event
 from appliance.identity import NodeKey, generate_key_pair, load_public_key
+from tests.federation.test_audit_events import WRITTEN
 
 
 @pytest.fixture
@@ -53,6 +55,17 @@ def test_every_line_is_signed_and_verifies(tmp_path: Path, keys) -> None:
     done = cli(str(log.path), "--key", str(public), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["signed"] == 4
+
+
+def test_typed_events_are_signed_like_any_line(tmp_path: Path, keys) -> None:
+    key, public = keys
+    log = signed_log(tmp_path / "audit.jsonl", key, n=1)  # an older, untyped line first
+    event = parse_event("round_opened", WRITTEN["round_opened"])
+    log.append_event(event)
+    log.append_event_once(event, "round_id")  # already there: not signed twice
+    result = check(log.path, load_public_key(public))
+    assert (result.signed, result.unsigned) == (2, 0)
+    assert log.find_event(RoundOpened, "round_id", "r1-a") == event
 
 
 def test_a_rewritten_log_with_recomputed_hashes_fails_at_its_first_line(

@@ -8,17 +8,19 @@ from pathlib import Path
 import pytest
 
 from appliance.federation.audit import AuditLog
-from appliance.federation.messages import Evaluation
+from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
+from appliance.federation.codec import CodecSpec
 from appliance.federation.rounds import RoundSpec, RoundStore, StoredUpdate
 from appliance.report.collect import ReportError, collect
 from appliance.rollout.store import RolloutStore, Stage
 from appliance.telemetry.store import FleetStore
+from tests.federation.plans import training_plan
 
 OPENED = 1_000.0
 
 
-def evaluation(box: str, **numbers: float) -> dict:
-    body = Evaluation(
+def evaluation(box: str, **numbers: float) -> EvaluationReceived:
+    return EvaluationReceived(
         round_id="r1-a",
         global_version=1,
         node_id=box,
@@ -28,24 +30,35 @@ def evaluation(box: str, **numbers: float) -> dict:
         activated=True,
         train_seconds=numbers.get("train_seconds"),
     )
-    return body.model_dump(mode="json")
+
+
+AGGREGATED = RoundAggregated(
+    round_id="r1-a",
+    close_reason="deadline with 1 updates",
+    participants=("a",),
+    update_bytes={"a": 700},
+    update_sha256={"a": "0" * 64},
+    strategy={"strategy": "fedavg-frozen-a"},
+    codec=CodecSpec(),
+    global_version=1,
+    global_sha256="1" * 64,
+    global_bytes=900,
+    signer="aggregator",
+)
 
 
 @pytest.fixture
 def state(tmp_path: Path) -> Path:
     """One round: a and b invited, only a sent an update; v1 rejected on the canary."""
     rounds = RoundStore(tmp_path / "rounds.sqlite")
-    rounds.open_round(RoundSpec("r1-a", 0, {}, ("a", "b"), 2, 1, 60), OPENED)
+    rounds.open_round(RoundSpec("r1-a", 0, training_plan(), ("a", "b"), 2, 1, 60), OPENED)
     rounds.offer("r1-a", StoredUpdate("a", "0" * 64, 10, b"x" * 700), OPENED + 30)
     rounds.advance(OPENED + 61)
     rounds.close()
     audit = AuditLog(tmp_path / "audit.jsonl")
-    audit.append(
-        "round_aggregated",
-        {"round_id": "r1-a", "global_version": 1, "global_bytes": 900, "participants": ["a"]},
-    )
-    audit.append("evaluation", evaluation("a", train_seconds=12.5))
-    audit.append("evaluation", evaluation("a", nll_global=9.0))  # a later one: first counts
+    audit.append_event(AGGREGATED)
+    audit.append_event(evaluation("a", train_seconds=12.5))
+    audit.append_event(evaluation("a", nll_global=9.0))  # a later one: first counts
     store = RolloutStore(tmp_path / "rollout.sqlite")
     store.begin(1, "r1-a", 0, ("a",), ("b",), OPENED)
     store.decide(1, Stage.REJECTED, "v1 regressed on canaries: a: worse", OPENED + 70)
@@ -57,6 +70,7 @@ def test_rounds_and_cells(state: Path) -> None:
     data = collect(state, "plant")
     assert data.boxes == ["a", "b"]
     (row,) = data.rounds
+    assert (row.state, row.invited, row.seconds) == ("closed", ["a", "b"], 61.0)
     assert (row.global_version, row.global_bytes, row.participants) == (1, 900, ["a"])
     assert (row.rollout, row.rollout_reason) == ("rejected", "v1 regressed on canaries: a: worse")
     a, b = data.cell("r1-a", "a"), data.cell("r1-a", "b")
@@ -105,26 +119,31 @@ def test_a_torn_last_line_is_left_for_later(state: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "error"),
     [
-        (b"not json\n", "not a readable audit record"),
-        (b'{"kind": "evaluation"}\n', "not a readable audit record ('data')"),
+        (b"not json\n", "not valid JSON"),
+        (b'{"kind": "evaluation"}\n', "not an audit record (no data)"),
         (b'{"kind": "evaluation", "data": {"nll_global": NaN}}\n', "NaN is not a number"),
-        (b'{"kind": "round_aggregated", "data": {"round_id": "r"}}\n', "without 'global_version'"),
-        (b'[1, 2]\n', "not a readable audit record"),
+        (
+            b'{"kind": "round_aggregated", "data": {"round_id": "r"}}\n',
+            "participants: Field required",
+        ),
+        (b"[1, 2]\n", "not an audit record"),
     ],
 )
 def test_bad_audit_lines_are_named(state: Path, line: bytes, error: str) -> None:
     with (state / "audit.jsonl").open("ab") as handle:
         handle.write(line)
-    with pytest.raises(ReportError, match="audit.jsonl:4: ") as caught:
+    with pytest.raises(
+        ReportError, match="not a readable audit record: .*audit.jsonl:4: "
+    ) as caught:
         collect(state, "plant")
     assert error in str(caught.value)
     assert "appliance audit verify" in str(caught.value)
 
 
 def test_wrong_types_in_an_evaluation_are_named(state: Path) -> None:
-    body = evaluation("b") | {"nll_global": "3.0"}
-    AuditLog(state / "audit.jsonl").append("evaluation", body)
-    with pytest.raises(ReportError, match="audit.jsonl:4: not a readable audit record"):
+    body = evaluation("b").model_dump(mode="json") | {"nll_global": "3.0"}
+    AuditLog(state / "audit.jsonl").append("evaluation", body)  # as a hand edit would
+    with pytest.raises(ReportError, match="audit.jsonl:4: evaluation: nll_global: Input should"):
         collect(state, "plant")
 
 
@@ -134,6 +153,10 @@ def test_missing_or_broken_stores(tmp_path: Path, state: Path) -> None:
     (state / "rollout.sqlite").unlink()
     (state / "rollout.sqlite").write_bytes(b"garbage" * 100)
     with pytest.raises(ReportError, match="cannot be read as a rollout store"):
+        collect(state, "plant")
+    (state / "rounds.sqlite").unlink()
+    (state / "rounds.sqlite").write_bytes(b"garbage" * 100)
+    with pytest.raises(ReportError, match="rounds.sqlite: cannot be read as a round store"):
         collect(state, "plant")
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config.rollout import RolloutSettings
-from appliance.federation.audit import AuditLog, verify
+from appliance.federation.audit import AuditLog, read_events, verify
+from appliance.federation.audit_events import OperatorCommandCarriedOut, RolloutRejected
 from appliance.federation.messages import Command, Evaluation
 from appliance.rollout.controller import Actions, Rollout
 from appliance.rollout.store import Stage
@@ -35,7 +36,7 @@ class Sent:
 
 
 def audit_kinds(path: Path) -> list[str]:
-    return [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+    return [event.kind for event in read_events(path)]
 
 
 def evaluation(box: str, version: int, candidate: float) -> Evaluation:
@@ -76,12 +77,11 @@ def test_a_bad_candidate_is_rolled_back_on_the_canary_and_goes_nowhere(
     assert sent.commands == [Command(action="rollback", nodes=("box-1",), global_version=2)]
     assert rollout.blocked() == {3}
     assert rollout.next_version(2) == 4  # a rejected number is not reused
-    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    rejected = lines[-1]["data"]
-    assert lines[-1]["kind"] == "rollout_rejected"
-    assert rejected["never_sent_to"] == ["box-2", "box-3"]
-    assert rejected["reports"]["box-1"]["nll_candidate"] == 3.5
-    assert "box-1: held-out NLL 3.5000 with v3" in rejected["reason"]
+    *_, rejected = read_events(tmp_path / "audit.jsonl")
+    assert isinstance(rejected, RolloutRejected)
+    assert (rejected.rolled_back_to, rejected.never_sent_to) == (2, ("box-2", "box-3"))
+    assert rejected.reports["box-1"].nll_candidate == 3.5
+    assert "box-1: held-out NLL 3.5000 with v3" in rejected.reason
     verify(tmp_path / "audit.jsonl")
 
 
@@ -154,6 +154,14 @@ def test_operator_fleet_rollback_pin_and_unpin(rollout: Rollout, tmp_path: Path)
     ]
     assert store.pins() == {}
     assert audit_kinds(tmp_path / "audit.jsonl")[-4:] == ["operator_command"] * 4
+    events = read_events(tmp_path / "audit.jsonl")
+    done = [e for e in events if isinstance(e, OperatorCommandCarriedOut)]
+    assert [(e.action, e.nodes, e.global_version, e.outcome) for e in done] == [
+        ("pin", ("box-3",), 1, "box-3 pinned to v1"),
+        ("rollback", "fleet", None, "fleet rolled back from v2 to v1"),
+        ("unpin", ("box-3",), None, "box-3 unpinned"),
+        ("rollback", ("box-2",), None, "box-2 told to go back to their previous adapter"),
+    ]
     assert rollout.step(10.0, sent.actions()) is None  # each command is carried out once
 
 
