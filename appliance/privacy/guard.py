@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from appliance.config.privacy import PrivacySettings
+from appliance.federation.privacy_claim import DpReport
 from appliance.federation.updates import Delta
 from appliance.privacy.accountant import PrivacyLedger, PrivacyLedgerError, Release
 from appliance.privacy.dp import privatize
-from appliance.privacy.report import DpReport
 
 log = logging.getLogger(__name__)
 

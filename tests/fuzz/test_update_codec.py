@@ -15,8 +15,8 @@ from appliance.federation.codec import (
     decode_update,
     encode_update,
 )
+from appliance.federation.privacy_claim import DpReport
 from appliance.federation.updates import Delta, GlobalAdapter
-from appliance.privacy.report import DpReport
 from tests.fuzz.mutations import EXAMPLES, hostile, json_values
 
 RNG = np.random.default_rng(0)

@@ -20,11 +20,11 @@ from appliance.federation.codec import (
     decode_update,
     encode_update,
 )
+from appliance.federation.privacy_claim import DpReport
 from appliance.federation.updates import Delta, GlobalAdapter
 from appliance.privacy.accountant import Release, epsilon
 from appliance.privacy.clipping import update_norm
 from appliance.privacy.guard import BudgetExceededError, PrivacyGuard
-from appliance.privacy.report import DpReport
 
 
 def deltas(seed: int = 0, scale: float = 1.0) -> dict[str, Delta]:

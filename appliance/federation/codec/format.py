@@ -24,11 +24,11 @@ from appliance.federation.codec.compression import (
     decompress,
 )
 from appliance.federation.codec.quantize import int8_decode, int8_encode, top_k_indices
+from appliance.federation.privacy_claim import DpReport
 from appliance.federation.updates import ClientUpdate, Delta, GlobalAdapter
-from appliance.privacy.report import DpReport
 
 MAGIC = b"APUP"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 _PREFIX = struct.Struct("<4sHI")
 MAX_HEADER_BYTES = 1 << 20
 

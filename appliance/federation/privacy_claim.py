@@ -1,5 +1,8 @@
 """What a box tells the aggregator about the privacy of one update (in the update header).
 
+A federation wire type (it travels in the update header), so it lives here: `privacy` builds
+it and imports `federation`, never the other way round (that was the package cycle).
+
 The aggregator cannot check these numbers (the noise is indistinguishable from signal); it
 records them in the audit log per participant, so the plant can see which boxes released
 what at which cumulative epsilon.
