@@ -24,7 +24,7 @@ class GlobalAdapter:
     @property
     def rank(self) -> int:
         """LoRA rank shared by every factor pair."""
-        return next(iter(self.factors.values()))[0].shape[0]
+        return int(next(iter(self.factors.values()))[0].shape[0])
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ class ErrorFeedback:
             if delta.a is not None:
                 arrays[f"{name}|a"] = delta.a
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as bool
         tmp.replace(path)
 
     @classmethod

@@ -30,14 +30,16 @@ def int8_encode(values: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]
 def int8_decode(codes: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray:
     """Inverse of `int8_encode` (flat float32)."""
     expanded = np.repeat(scales, block)[: codes.size]
-    return codes.astype(np.float32) * expanded
+    decoded: np.ndarray = codes.astype(np.float32) * expanded
+    return decoded
 
 
 def int8_error_bound(values: np.ndarray, block: int) -> np.ndarray:
     """Per-value bound on |decode(encode(x)) - x|: half the block's scale (plus rounding)."""
     _, scales = int8_encode(values, block)
     bound = np.repeat(scales / 2, block)[: np.asarray(values).size]
-    return bound * (1 + 1e-6) + np.finfo(np.float32).eps * np.abs(np.ravel(values))
+    slack: np.ndarray = bound * (1 + 1e-6) + np.finfo(np.float32).eps * np.abs(np.ravel(values))
+    return slack
 
 
 def top_k_indices(values: np.ndarray, fraction: float) -> np.ndarray:

@@ -72,7 +72,8 @@ class CoordinateMedian(_CoordinateStatistic):
 
     def statistic(self, stacked: np.ndarray) -> np.ndarray:
         """Median along boxes."""
-        return np.median(stacked, axis=0)
+        median: np.ndarray = np.median(stacked, axis=0)
+        return median
 
 
 class TrimmedMean(_CoordinateStatistic):
@@ -89,4 +90,5 @@ class TrimmedMean(_CoordinateStatistic):
         """Trimmed mean along boxes."""
         cut = int(self.trim_fraction * stacked.shape[0])
         ordered = np.sort(stacked, axis=0)
-        return ordered[cut : stacked.shape[0] - cut].mean(axis=0)
+        trimmed: np.ndarray = ordered[cut : stacked.shape[0] - cut].mean(axis=0)
+        return trimmed
