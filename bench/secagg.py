@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config.lora import LoraSpec
 from appliance.federation.codec import CodecSpec, RoundContext, encode_update
 from appliance.federation.global_adapter import initial_global_adapter
 from appliance.federation.updates import Delta, GlobalAdapter
@@ -35,9 +36,15 @@ FIXED = FixedPoint(value_bound=0.05, max_weight=1024)
 
 def builtin_base(rank: int) -> GlobalAdapter:
     shapes = tensor_shapes(open_gguf(Path(resolve_model_path("builtin")), ValueError))
-    return initial_global_adapter(
-        shapes, ["attn_q", "attn_v"], rank=rank, alpha=2.0 * rank, seed=1, frozen_a=True
+    lora = LoraSpec(
+        rank=rank,
+        alpha=2.0 * rank,
+        targets=["attn_q", "attn_v"],
+        top_layers=0,
+        seed=1,
+        freeze_a=True,
     )
+    return initial_global_adapter(shapes, lora)
 
 
 def one_round(base: GlobalAdapter, n: int, d: int, work: Path) -> dict[str, float]:

@@ -1,26 +1,34 @@
 """The aggregator's work, one step at a time: rounds, updates, aggregation, publication.
 
-Transport callbacks only queue events; `step()` (called by the daemon's main loop) does the
+`step()` (called by the daemon's main loop) pulls the transport's inbound events and does the
 work, so round state changes happen in one thread and every step is safe to interrupt: the
-round store and the audit log are on disk before anything is announced.
+round store and the audit log are on disk before anything is announced, and an update is
+acknowledged to its box only once the round store holds it. What a round protocol decides
+(plain or secure) is behind `AggregatorProtocol`; this only runs the round loop.
 """
 
 import hashlib
-import json
 import logging
-import queue
-import shutil
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.aggregator.strategy import build_strategy
+from appliance.aggregator.protocols import build_protocol
 from appliance.config import AggregatorConfig
 from appliance.errors import AdapterError, ModelError
 from appliance.federation.audit import AuditLog
-from appliance.federation.codec import CodecSpec, DecodeError, decode_update
+from appliance.federation.audit_events import (
+    AggregationFacts,
+    EvaluationReceived,
+    RoundAbandoned,
+    RoundAggregated,
+    RoundFailed,
+    RoundOpened,
+    UpdateRejected,
+)
+from appliance.federation.codec import CodecSpec
 from appliance.federation.global_adapter import (
     initial_global_adapter,
     load_global_adapter,
@@ -33,6 +41,13 @@ from appliance.federation.messages import (
     RoundAnnouncement,
     TrainingPlan,
 )
+from appliance.federation.protocol import (
+    Aggregated,
+    Failed,
+    Outcome,
+    RefusedUpdateError,
+    Waiting,
+)
 from appliance.federation.rounds import (
     Offer,
     Round,
@@ -42,24 +57,21 @@ from appliance.federation.rounds import (
     StoredUpdate,
     Verdict,
 )
-from appliance.federation.strategies import Aggregate, RejectedUpdateError
+from appliance.federation.strategies import Aggregate
 from appliance.federation.updates import GlobalAdapter
 from appliance.identity import TrustStore
 from appliance.identity.own_key import node_key
 from appliance.llm.builtin import resolve_model_path
 from appliance.llm.gguf_file import file_sha256, open_gguf, read_model_info, tensor_shapes
-from appliance.privacy.secagg import SecAggError, secure_fedavg
-from appliance.privacy.secagg.daemon import SecureRounds
-from appliance.privacy.secagg.session import MASKED_UPDATE
 from appliance.rollout.controller import Actions, Rollout
 from appliance.system.failpoints import failpoint
 from appliance.system.files import quarantine
 from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.fleet_host import FleetHealthService
+from appliance.transport.events import ArtifactArrived, InboundEvent, MessageArrived
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.outbox import Priority
-from appliance.transport.receiver import ReceivedArtifact
 from appliance.transport.rejects import RejectedError, record_rejection
 
 log = logging.getLogger(__name__)
@@ -77,26 +89,17 @@ class AggregatorService:
 
     def __init__(self, config: AggregatorConfig) -> None:
         self.config = config
-        self.state_dir = config.paths.state_dir
-        self.globals_dir = self.state_dir / "globals"
-        self.globals_dir.mkdir(parents=True, exist_ok=True)
+        self.layout = config.layout
+        self.layout.globals_dir.mkdir(parents=True, exist_ok=True)
         model = resolve_model_path(config.model.model_path())
         self.model_info = read_model_info(model, ModelError)
         self._shapes = tensor_shapes(open_gguf(model, ModelError))
-        self.store = RoundStore(self.state_dir / "rounds.sqlite")
+        self.store = RoundStore(self.layout.rounds_db)
         self.key = node_key(config.identity)
-        self.audit = AuditLog(self.state_dir / "audit.jsonl", signer=self.key)
+        self.audit = AuditLog(self.layout.audit_log, signer=self.key)
         self.trust = TrustStore(config.identity.trust_dir)
-        self.rollout = Rollout(config.rollout, self.state_dir, self.audit)
+        self.rollout = Rollout(config.rollout, self.layout.state_dir, self.audit)
         self.current = self._load_or_create_global()
-        self._events: queue.Queue[_IncomingUpdate | tuple[Evaluation, str]] = queue.Queue()
-        self._inbox = self.state_dir / "updates"
-        self._inbox.mkdir(exist_ok=True)
-        inbox = [*self._inbox.glob("*.update"), *self._inbox.glob("*.masked")]
-        for pending in sorted(inbox, key=lambda p: p.stat().st_mtime):
-            # a node id may hold dots; round and artifact ids never do
-            sender, round_id, _artifact_id, _suffix = pending.name.rsplit(".", 3)
-            self._events.put(_IncomingUpdate(sender, round_id, pending))
         self._next_round_at = 0.0
         self._announced_at = 0.0
         settings = NodeSettings(
@@ -104,37 +107,17 @@ class AggregatorService:
             config.mqtt,
             config.outbox,
             config.transfer,
-            self.state_dir / "transport",
+            self.layout.transport_dir,
         )
-        self.transport = TransportNode(self.key, self.trust, settings, self._on_artifact)
-        self.transport.on_message("+", "evaluation", Evaluation, self._on_evaluation)
-        # pairwise-masked rounds (docs/privacy.md); inert unless fleet.secure_aggregation.enabled
-        self.secure = SecureRounds(self.transport, self.trust, config.fleet.secure_aggregation)
-        self._secure_round: Round | None = None  # committed, waiting for seed reveals
+        self.transport = TransportNode(self.key, self.trust, settings)
+        self.transport.subscribe("+", "evaluation", Evaluation)
+        # plain or pairwise-masked rounds (appliance/federation/protocol.py, docs/privacy.md)
+        self.protocol = build_protocol(config, self.transport, self.trust, self.model_info.sha256)
+        self._stopped_half_way = {r.round_id for r in self.store.unfinished()}
         self.health = FleetHealthService(config)
         if (open_round := self.store.current()) is not None:
             self._audit_opened(open_round)
-
-    # -- transport callbacks (worker thread): queue only ------------------------------------
-
-    def _on_artifact(self, artifact: ReceivedArtifact) -> None:
-        manifest = artifact.manifest
-        round_id = str(manifest.meta.get("round_id", ""))
-        if manifest.kind not in ("update", MASKED_UPDATE) or not round_id:
-            detail = f"artifact {manifest.artifact_id} of kind {manifest.kind!r} without a round"
-            if manifest.kind not in ("update", MASKED_UPDATE):
-                detail = f"artifact {manifest.artifact_id} of unexpected kind {manifest.kind!r}"
-            self._count_rejection("artifact", manifest.sender, "unexpected_artifact", detail)
-            return
-        # The file in the inbox is the hand-over: the receiver acknowledges the artifact after
-        # this returns, so it must survive a crash before the update reaches the round store.
-        suffix = "masked" if manifest.kind == MASKED_UPDATE else "update"
-        target = self._inbox / f"{manifest.sender}.{round_id}.{manifest.artifact_id}.{suffix}"
-        shutil.move(artifact.path, target)
-        self._events.put(_IncomingUpdate(manifest.sender, round_id, target))
-
-    def _on_evaluation(self, evaluation: Evaluation, signer: str) -> None:
-        self._events.put((evaluation, signer))
+        self._take_legacy_inbox()
 
     # -- the main loop's step -----------------------------------------------------------------
 
@@ -155,8 +138,7 @@ class AggregatorService:
         """Handle what arrived, close or open rounds; returns a status line."""
         now = time.time() if now is None else now
         self._drain_events(now)
-        self.secure.tick(now)
-        self._finish_secure(now)
+        self.protocol.tick(now)
         self._finish_unfinished(now)
         self._follow_rollout(now)
         changed = self.store.advance(now)
@@ -172,6 +154,11 @@ class AggregatorService:
     def status(self) -> str:
         """One line for `systemctl status`."""
         current = self.store.current()
+        waiting = [r for r in self.store.unfinished() if r.phase]
+        if current is None and waiting:
+            return f"round {waiting[0].round_id}: {waiting[0].phase}, global adapter v" + str(
+                self.current.version
+            )
         if current is None:
             return f"idle, global adapter v{self.current.version}"
         arrived = self.store.count(current.round_id)
@@ -191,28 +178,28 @@ class AggregatorService:
 
     def _may_open(self, now: float) -> bool:
         limit = self.config.fleet.max_rounds
-        done = self.store.latest().seq if self.store.latest() else 0
+        done = self._rounds_so_far()
         return (
             (limit == 0 or done < limit)
             and now >= self._next_round_at
-            and self._secure_round is None
             and not self.store.unfinished()
             and bool(self.participants())
             and self.rollout.waiting() is None
         )
 
+    def _rounds_so_far(self) -> int:
+        latest = self.store.latest()
+        return 0 if latest is None else latest.seq
+
     def _open_round(self, now: float) -> None:
         rules = self.config.rounds
         participants = self.participants()
-        round_id = (
-            f"r{(self.store.latest().seq if self.store.latest() else 0) + 1}-{uuid.uuid4().hex[:6]}"
-        )
-        plan = self._plan()
-        self.secure.open(round_id, participants, self.current, now)  # keys may come at once
+        round_id = f"r{self._rounds_so_far() + 1}-{uuid.uuid4().hex[:6]}"
+        plan = self.protocol.configure(self._plan(), round_id, participants, self.current, now)
         spec = RoundSpec(
             round_id,
             self.current.version,
-            plan.model_dump(mode="json"),
+            plan,
             participants,
             min(rules.min_updates, len(participants)),
             min(rules.min_updates_at_deadline, len(participants)),
@@ -232,23 +219,18 @@ class AggregatorService:
     def _audit_opened(self, round_: Round) -> None:
         """Audit a round's opening once (also at a start after a crash that came between the
         store and the audit log)."""
-        record = {
-            "round_id": round_.round_id,
-            "global_version": round_.global_version,
-            "participants": list(round_.participants),
-            "plan": round_.plan,
-        }
-        self.audit.append_once("round_opened", record, "round_id")
+        opened = RoundOpened(
+            round_id=round_.round_id,
+            global_version=round_.global_version,
+            participants=round_.participants,
+            plan=round_.plan,
+        )
+        self.audit.append_event_once(opened, "round_id")
 
     def _plan(self) -> TrainingPlan:
         training, codec = self.config.training, self.config.fleet.codec
         return TrainingPlan(
-            rank=training.rank,
-            alpha=training.alpha,
-            targets=tuple(training.targets),
-            top_layers=training.top_layers,
-            seed=training.seed,
-            frozen_a=training.freeze_a,
+            lora=training.lora_spec(),
             learning_rate=training.learning_rate,
             epochs=training.epochs,
             max_steps=training.max_steps,
@@ -258,7 +240,6 @@ class AggregatorService:
                 top_k_fraction=None if codec.top_k_fraction >= 1 else codec.top_k_fraction,
                 compression=codec.compression,
             ),
-            secure_aggregation=self.secure.plan(),
         )
 
     def _announce(self, round_: Round, priority: int) -> None:
@@ -267,13 +248,12 @@ class AggregatorService:
 
     def _announcement(self, round_: Round) -> RoundAnnouncement:
         path = self._global_path(self.current.version)
-        plan = TrainingPlan.model_validate_json(json.dumps(round_.plan))
         return RoundAnnouncement(
             round_id=round_.round_id,
             base_sha256=self.model_info.sha256,
             global_version=self.current.version,
             global_artifact_sha256=file_sha256(path) if self.current.version else None,
-            plan=plan,
+            plan=round_.plan,
             participants=round_.participants,
             min_updates=round_.min_updates,
             deadline=round_.deadline,
@@ -282,60 +262,73 @@ class AggregatorService:
     # -- updates and evaluations --------------------------------------------------------------
 
     def _drain_events(self, now: float) -> None:
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(event, _IncomingUpdate):
-                self._take_update(event, now)
-            else:
-                self._take_evaluation(*event)
+        while (event := self.transport.next_event()) is not None:
+            self.handle(event, now)
+
+    def handle(self, event: InboundEvent, now: float | None = None) -> None:
+        """Take one inbound event (the step pulls them from the transport)."""
+        now = time.time() if now is None else now
+        match event:
+            case ArtifactArrived():
+                self._take_artifact(event, now)
+            case MessageArrived(message=Evaluation() as evaluation, signer=signer):
+                self._take_evaluation(evaluation, signer)
+                self.transport.acknowledge(event)  # in the audit log: the broker may forget it
+            case MessageArrived(kind=kind, signer=signer):  # not subscribed to anything else
+                log.warning("ignored a %s message from %s", kind, signer)
+                self.transport.acknowledge(event)
+
+    def _take_artifact(self, event: ArtifactArrived, now: float) -> None:
+        """An update for the round protocol; acknowledged (the box may forget it) once the
+        store holds it or it is refused for good."""
+        manifest = event.manifest
+        round_id = str(manifest.meta.get("round_id", ""))
+        if manifest.kind != self.protocol.update_kind or not round_id:
+            detail = f"artifact {manifest.artifact_id} of kind {manifest.kind!r} without a round"
+            if manifest.kind != self.protocol.update_kind:
+                detail = f"artifact {manifest.artifact_id} of unexpected kind {manifest.kind!r}"
+            self._count_rejection("artifact", manifest.sender, "unexpected_artifact", detail)
+        else:
+            self._take_update(_IncomingUpdate(manifest.sender, round_id, event.path), now)
+        self.transport.acknowledge(event)
+
+    def _take_legacy_inbox(self) -> None:
+        """Update files an older version handed over to `updates/` and acknowledged before
+        they reached the store (a crash in that window left them): offered once."""
+        inbox = self.layout.inbox_dir
+        files = [*inbox.glob("*.update"), *inbox.glob("*.masked")]
+        for path in sorted(files, key=lambda p: p.stat().st_mtime):
+            sender, round_id, _artifact_id, _suffix = path.name.rsplit(".", 3)
+            self._take_update(_IncomingUpdate(sender, round_id, path), time.time())
+            path.unlink()
 
     def _take_update(self, incoming: _IncomingUpdate, now: float) -> None:
-        """Store one update; its inbox file goes only once the store has it (a crash in
-        between offers it again at the next start, and the store counts it once)."""
+        """Store one update (the caller then lets its file go: a crash before that offers
+        it again at the next start, and the store counts it once)."""
         failpoint("aggregator.update_received")
         blob = incoming.path.read_bytes()
-        if incoming.path.suffix == ".masked":
-            self._take_masked(incoming, blob, now)
-        else:
-            self._take_plain(incoming, blob, now)
+        self._offer(incoming, blob, now)
         failpoint("aggregator.update_stored")
-        incoming.path.unlink(missing_ok=True)
 
-    def _take_plain(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
-        if self._is_closed(incoming.round_id):
-            # late, or re-sent after its ack was lost: the store's reason, not "made for
-            # another global version" (the global has moved on since the round closed)
-            stored = StoredUpdate(incoming.sender, hashlib.sha256(blob).hexdigest(), 0, blob)
-            self._log_offer(incoming, self.store.offer(incoming.round_id, stored, now), blob)
-            return
-        limit = self.config.rounds.max_update_mb * 1024 * 1024
-        try:
-            header, update = decode_update(blob, self.current, limit)
-        except DecodeError as exc:
-            self._refuse(incoming, f"undecodable: {exc}", len(blob))
-            return
-        if header.node_id != incoming.sender or header.round_id != incoming.round_id:
-            self._refuse(incoming, "header names another box or round than its envelope", len(blob))
-            return
-        if (
-            header.base_sha256 != self.model_info.sha256
-            or header.global_version != self.current.version
-        ):
-            self._refuse(incoming, "made for another base model or global version", len(blob))
-            return
-        stored = StoredUpdate(
-            incoming.sender, hashlib.sha256(blob).hexdigest(), update.sample_count, blob
-        )
+    def _offer(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
+        """The protocol checks an update for the open round; anything else (late, re-sent
+        after a lost ack, unknown round) gets the store's reason."""
+        weight = 0
+        round_ = self._round(incoming.round_id)
+        if round_ is not None and round_.state == RoundState.OPEN:
+            try:
+                weight = self.protocol.admit(blob, incoming.sender, round_, self._base_of(round_))
+            except RefusedUpdateError as exc:
+                self._refuse(incoming, exc.reason, len(blob))
+                return
+        stored = StoredUpdate(incoming.sender, hashlib.sha256(blob).hexdigest(), weight, blob)
         self._log_offer(incoming, self.store.offer(incoming.round_id, stored, now), blob)
 
-    def _is_closed(self, round_id: str) -> bool:
+    def _round(self, round_id: str) -> Round | None:
         try:
-            return self.store.get(round_id).state != RoundState.OPEN
+            return self.store.get(round_id)
         except KeyError:
-            return False  # unknown: refused by the checks that follow, with that reason
+            return None
 
     def _log_offer(self, incoming: _IncomingUpdate, offer: Offer, blob: bytes) -> None:
         log.info(
@@ -347,53 +340,26 @@ class AggregatorService:
             len(blob),
         )
         if offer.verdict == Verdict.REJECTED:
-            self.audit.append(
-                "update_rejected",
-                {
-                    "node_id": incoming.sender,
-                    "round_id": incoming.round_id,
-                    "reason": offer.reason,
-                    "bytes": len(blob),
-                },
-            )
-
-    def _take_masked(self, incoming: _IncomingUpdate, blob: bytes, now: float) -> None:
-        """A masked update: checked by the secure round, then kept like any update."""
-        try:
-            weight = self.secure.check(blob, incoming.sender, incoming.round_id)
-        except SecAggError as exc:
-            self._refuse(incoming, f"{exc.reason}: {exc.detail}", len(blob))
-            return
-        stored = StoredUpdate(incoming.sender, hashlib.sha256(blob).hexdigest(), weight, blob)
-        offer = self.store.offer(incoming.round_id, stored, now)
-        log.info(
-            "masked update from %s for %s: %s %s (%d bytes)",
-            incoming.sender,
-            incoming.round_id,
-            offer.verdict.value,
-            offer.reason,
-            len(blob),
-        )
+            self._audit_refusal(incoming, offer.reason, len(blob))
 
     def _refuse(self, incoming: _IncomingUpdate, reason: str, size: int) -> None:
         log.warning("update from %s for %s refused: %s", incoming.sender, incoming.round_id, reason)
-        self.audit.append(
-            "update_rejected",
-            {
-                "node_id": incoming.sender,
-                "round_id": incoming.round_id,
-                "reason": reason,
-                "bytes": size,
-            },
+        self._audit_refusal(incoming, reason, size)
+
+    def _audit_refusal(self, incoming: _IncomingUpdate, reason: str, size: int) -> None:
+        refused = UpdateRejected(
+            node_id=incoming.sender, round_id=incoming.round_id, reason=reason, bytes=size
         )
+        self.audit.append_event(refused)
 
     def _take_evaluation(self, evaluation: Evaluation, signer: str) -> None:
         if evaluation.node_id != signer:
             detail = f"signed by {signer} but claims to be from {evaluation.node_id}"
             self._count_rejection("evaluation", signer, "claims_other_node", detail)
             return
-        self.audit.append("evaluation", evaluation.model_dump(mode="json"))
-        self.rollout.take(evaluation, time.time())
+        received = EvaluationReceived.of(evaluation)
+        if self.audit.append_event_once(received, "node_id", "round_id", "global_version"):
+            self.rollout.take(evaluation, time.time())  # a second delivery changes nothing
 
     def _count_rejection(self, what: str, sender: str, reason: str, detail: str) -> None:
         """Log and count a refusal the transport could not see (it passed its checks)."""
@@ -409,86 +375,64 @@ class AggregatorService:
 
     def _on_round_change(self, round_: Round) -> None:
         if round_.state == RoundState.ABANDONED:
-            self.audit.append(
-                "round_abandoned", {"round_id": round_.round_id, "reason": round_.close_reason}
-            )
+            abandoned = RoundAbandoned(round_id=round_.round_id, reason=round_.close_reason)
+            self.audit.append_event(abandoned)
             log.warning("round %s %s", round_.round_id, round_.close_reason)
             self._next_round_at = time.time() + self.config.fleet.pause_s
         elif round_.state == RoundState.CLOSED:
             failpoint("aggregator.round_closed")
-            self._finish_round(round_)
             self._next_round_at = time.time() + self.config.fleet.pause_s
+            self._finish_round(round_, time.time())
 
     def _finish_unfinished(self, now: float) -> None:
-        """Complete rounds a crash stopped half-way (closed, not aggregated or not published).
-        A round whose state cannot be finished is logged, audited and set aside, so the
-        daemon goes on instead of crashing on it at every start."""
+        """Go on with closed rounds that need more steps: those the protocol waits on
+        (`phase`), and those a crash stopped half-way. A round whose state cannot be finished
+        is logged, audited and set aside, so the daemon goes on instead of crashing on it at
+        every start."""
         for round_ in self.store.unfinished():
-            if self._secure_round is not None and round_.round_id == self._secure_round.round_id:
-                continue  # waiting for seed reveals, not stopped
-            log.warning("round %s was stopped half-way by a restart; finishing it", round_.round_id)
+            if round_.round_id in self._stopped_half_way:
+                self._stopped_half_way.discard(round_.round_id)
+                log.warning(
+                    "round %s was stopped half-way by a restart; finishing it", round_.round_id
+                )
             try:
-                self._finish_round(round_)
+                self._finish_round(round_, now)
             except OSError:
                 raise  # the disk, not the round: systemd restarts us, the round waits
             except Exception as exc:
                 self._quarantine(round_, exc, now)
 
-    def _finish_round(self, round_: Round) -> None:
+    def _finish_round(self, round_: Round, now: float) -> None:
         """Aggregate (unless the audit shows a crash came after that) and publish."""
-        audited = self.audit.find("round_aggregated", "round_id", round_.round_id)
+        audited = self.audit.find_event(RoundAggregated, "round_id", round_.round_id)
         if round_.state == RoundState.AGGREGATED:
-            self._publish_global(round_, _strategy_name(audited or {}))
+            self._publish_global(round_, "" if audited is None else _strategy_name(audited))
         elif audited is not None:
             self._adopt_audited(round_, audited)
         else:
-            self._aggregate(round_)
+            base = self._base_of(round_)
+            outcome = self.protocol.finish(round_, base, self.store.updates(round_.round_id), now)
+            self._follow(round_, base, outcome, now)
+
+    def _follow(self, round_: Round, base: GlobalAdapter, outcome: Outcome, now: float) -> None:
+        """Act on what the round protocol answered."""
+        match outcome:
+            case Waiting(phase=phase, detail=detail) if phase != round_.phase:
+                self.store.set_phase(round_.round_id, phase)
+                log.info("round %s: %s (%s)", round_.round_id, phase, detail)
+            case Failed(reason=reason, rejected=rejected):
+                log.error("round %s failed: %s", round_.round_id, reason)
+                failed = RoundFailed(round_id=round_.round_id, reason=reason, rejected=rejected)
+                self.audit.append_event(failed)
+                self.store.mark_failed(round_.round_id, reason, now)
+            case Aggregated(result=result, facts=facts):
+                self._complete(round_, base, result, facts)
 
     def _quarantine(self, round_: Round, exc: Exception, now: float) -> None:
         reason = f"quarantined after a restart: {type(exc).__name__}: {exc}"
         log.error("round %s: %s", round_.round_id, reason, exc_info=exc)
-        self.audit.append("round_failed", {"round_id": round_.round_id, "reason": reason})
+        self.audit.append_event(RoundFailed(round_id=round_.round_id, reason=reason))
         self.store.mark_failed(round_.round_id, reason, now)
-
-    def _aggregate(self, round_: Round) -> None:
-        if round_.plan.get("secure_aggregation"):
-            self._commit_secure(round_)
-            return
-        base = self._base_of(round_)
-        strategy = build_strategy(self.config.fleet.strategy)
-        strategy.begin(base)
-        accepted, sizes, rejected = [], {}, {}
-        limit = self.config.rounds.max_update_mb * 1024 * 1024
-        dense: dict[str, int] = {}
-        privacy: dict[str, object] = {}  # each DP box's own claim: mechanism and epsilon spent
-        for stored in self.store.updates(round_.round_id):
-            try:
-                header, update = decode_update(stored.blob, base, limit)
-                strategy.accept(update)
-            except (DecodeError, RejectedUpdateError) as exc:
-                rejected[stored.node_id] = str(exc)
-                continue
-            accepted.append(stored.node_id)
-            sizes[stored.node_id] = len(stored.blob)
-            dense[stored.node_id] = sum(4 * t.shape[0] * t.shape[1] for t in header.tensors)
-            if header.privacy is not None:
-                privacy[stored.node_id] = header.privacy.model_dump(mode="json")
-        if not accepted:
-            self.audit.append("round_failed", {"round_id": round_.round_id, "rejected": rejected})
-            self.store.mark_failed(round_.round_id, "no update passed aggregation", time.time())
-            return
-        result = strategy.finish()
-        facts = {
-            "participants": accepted,
-            "update_bytes": sizes,
-            "update_dense_fp32_bytes": dense,
-            "rejected": rejected,
-            "update_sha256": {u.node_id: u.sha256 for u in self.store.updates(round_.round_id)},
-            "strategy": dict(result.report),
-            "codec": round_.plan["codec"],
-            "privacy": privacy,
-        }
-        self._complete(round_, base, result, facts)
 
     def _base_of(self, round_: Round) -> GlobalAdapter:
         """The global adapter the round's updates were trained from."""
@@ -496,51 +440,8 @@ class AggregatorService:
             return self.current
         return load_global_adapter(self._global_path(round_.global_version))
 
-    def _commit_secure(self, round_: Round) -> None:
-        """A secure round closed: commit who reported; `_finish_secure` waits for the seeds."""
-        try:
-            self.secure.commit(round_.round_id, time.time())
-        except SecAggError as exc:
-            self._secure_failed(round_, exc)
-            return
-        self._secure_round = round_
-
-    def _finish_secure(self, now: float) -> None:
-        round_ = self._secure_round
-        if round_ is None:
-            return
-        try:
-            unmasked = self.secure.result(now)
-        except SecAggError as exc:
-            self._secure_round = None
-            self._secure_failed(round_, exc)
-            return
-        if unmasked is None:
-            return  # still waiting for seed reveals
-        self._secure_round = None
-        base = self._base_of(round_)
-        result = secure_fedavg(base, unmasked)
-        stored = list(self.store.updates(round_.round_id))
-        facts = {
-            "participants": list(unmasked.reporting),
-            "dropped": list(unmasked.dropped),
-            "update_bytes": {u.node_id: len(u.blob) for u in stored},
-            "update_sha256": {u.node_id: u.sha256 for u in stored},
-            "strategy": dict(result.report),
-            "codec": round_.plan["codec"],
-            "secure_aggregation": round_.plan["secure_aggregation"],
-        }
-        self._complete(round_, base, result, facts)
-
-    def _secure_failed(self, round_: Round, exc: SecAggError) -> None:
-        log.error("round %s: secure aggregation failed: %s", round_.round_id, exc)
-        self.audit.append(
-            "round_failed", {"round_id": round_.round_id, "reason": f"{exc.reason}: {exc.detail}"}
-        )
-        self.store.mark_failed(round_.round_id, f"secure aggregation: {exc.reason}", time.time())
-
     def _complete(
-        self, round_: Round, base: GlobalAdapter, result: Aggregate, facts: dict[str, object]
+        self, round_: Round, base: GlobalAdapter, result: Aggregate, facts: AggregationFacts
     ) -> None:
         """Save, record and publish a round's new global adapter, in the steps a restart can
         resume from (docs/crash-safety.md): reserve the version, write the file, audit it,
@@ -558,27 +459,24 @@ class AggregatorService:
             round_.round_id,
         )
         failpoint("aggregator.global_saved")
-        self.audit.append(
-            "round_aggregated",
-            {
-                "round_id": round_.round_id,
-                "close_reason": round_.close_reason,
-                **facts,
-                "global_version": new.version,
-                "global_sha256": file_sha256(path),
-                "global_bytes": path.stat().st_size,
-                "signer": self.key.node_id,
-            },
+        aggregated = RoundAggregated.of(
+            facts,
+            round_id=round_.round_id,
+            close_reason=round_.close_reason,
+            global_version=new.version,
+            global_sha256=file_sha256(path),
+            global_bytes=path.stat().st_size,
+            signer=self.key.node_id,
         )
+        self.audit.append_event(aggregated)
         failpoint("aggregator.round_audited")
         self._record(round_, new, str(result.report.get("strategy")))
 
-    def _adopt_audited(self, round_: Round, audited: dict[str, object]) -> None:
+    def _adopt_audited(self, round_: Round, audited: RoundAggregated) -> None:
         """The crash came after the audit line: the file it names is the round's result (it
         is not aggregated again, which could give other bytes than the audit says)."""
-        version = int(str(audited["global_version"]))
-        path = self._global_path(version)
-        if not path.exists() or file_sha256(path) != audited["global_sha256"]:
+        path = self._global_path(audited.global_version)
+        if not path.exists() or file_sha256(path) != audited.global_sha256:
             raise ValueError(f"{path.name} is missing or differs from the audited sha256")
         self._record(round_, load_global_adapter(path), _strategy_name(audited))
 
@@ -652,28 +550,17 @@ class AggregatorService:
     # -- global adapter files -----------------------------------------------------------------
 
     def _global_path(self, version: int) -> Path:
-        return self.globals_dir / f"global-v{version}.gguf"
+        return self.layout.global_adapter(version)
 
     def _load_or_create_global(self) -> GlobalAdapter:
-        versions = sorted(
-            int(p.stem.removeprefix("global-v")) for p in self.globals_dir.glob("global-v*.gguf")
-        )
+        versions = self.layout.global_versions()
         skip = self.rollout.blocked() | self.store.unrecorded_versions()
         for version in reversed([v for v in versions if v not in skip]):
             try:
                 return load_global_adapter(self._global_path(version))
             except (AdapterError, ValueError) as exc:
                 quarantine(self._global_path(version), exc)
-        training = self.config.training
-        initial = initial_global_adapter(
-            self._shapes,
-            list(training.targets),
-            rank=training.rank,
-            alpha=training.alpha,
-            seed=training.seed,
-            frozen_a=training.freeze_a,
-            top_layers=training.top_layers,
-        )
+        initial = initial_global_adapter(self._shapes, self.config.training.lora_spec())
         save_global_adapter(
             self._global_path(0),
             initial,
@@ -684,7 +571,6 @@ class AggregatorService:
         return initial
 
 
-def _strategy_name(audited: dict[str, object]) -> str:
+def _strategy_name(audited: RoundAggregated) -> str:
     """The strategy named in a round_aggregated record (its report's "strategy")."""
-    report = audited.get("strategy")
-    return str(report.get("strategy", "")) if isinstance(report, dict) else ""
+    return str(audited.strategy.get("strategy", ""))

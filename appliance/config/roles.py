@@ -8,6 +8,7 @@ from appliance.config.base import Section
 from appliance.config.federation import EdgeFederationSettings, FleetSettings
 from appliance.config.health import EdgeHealthSettings, FleetHealthSettings
 from appliance.config.identity import IdentitySettings
+from appliance.config.layouts import AggregatorLayout, EdgeLayout
 from appliance.config.logs import LoggingSettings
 from appliance.config.model import ModelSettings
 from appliance.config.mqtt import MqttSettings
@@ -56,6 +57,11 @@ class EdgeConfig(Section):
         default_factory=ServeSettings, description="Local OpenAI-compatible inference API."
     )
 
+    @property
+    def layout(self) -> EdgeLayout:
+        """Where this box keeps each of its files."""
+        return EdgeLayout(self.paths.state_dir, self.paths.cache_dir)
+
 
 class AggregatorConfig(Section):
     """`/etc/appliance/aggregator.toml`: combines the boxes' updates, runs rounds."""
@@ -94,6 +100,11 @@ class AggregatorConfig(Section):
         default_factory=FleetHealthSettings, description="Fleet health, alerts, Prometheus."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+
+    @property
+    def layout(self) -> AggregatorLayout:
+        """Where the aggregator keeps each of its files."""
+        return AggregatorLayout(self.paths.state_dir)
 
     @model_validator(mode="after")
     def _secure_aggregation_needs_frozen_a(self) -> Self:

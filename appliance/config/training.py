@@ -1,43 +1,20 @@
 """How a box fine-tunes its LoRA adapter."""
 
-import re
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from appliance.config.base import Section
+from appliance.config.lora import LoraSpec
 
 WINDOW_QUANTUM_TOKENS = 256
 """llama.cpp pads a training context to a multiple of 256 tokens, and every training window
 must fill the context exactly, so window lengths are multiples of 256."""
 
 
-DEFAULT_TARGETS = ("attn_q", "attn_v")
-"""The query and value projections: `targets`' default, which on a model that fuses Q/K/V
-means the fused matrix (appliance/llm/architectures.py, resolve_targets)."""
-
-
-class TrainingSettings(Section):
+class TrainingSettings(Section, LoraSpec):
     """LoRA hyper-parameters, resources of the trainer worker and precision of its base copy."""
 
-    rank: int = Field(default=8, description="LoRA rank r: a power of two between 1 and 256.")
-    alpha: float = Field(
-        default=16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha / r."
-    )
-    targets: list[str] = Field(
-        default=list(DEFAULT_TARGETS),
-        min_length=1,
-        description="Linear weights that get adapters, by their GGUF name inside a block "
-        "(`attn_q`, `attn_k`, `attn_v`, `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`).",
-    )
-    top_layers: int = Field(
-        default=0,
-        ge=0,
-        le=1024,
-        description="Put adapters only on the top N blocks (0 = every block). ggml computes "
-        "no backward pass below the lowest adapted block, so training is faster and needs "
-        "less memory, but learns less per step.",
-    )
     optimizer: Literal["adamw", "sgd"] = Field(default="adamw", description="Optimizer.")
     learning_rate: float = Field(default=1e-3, gt=0, le=1.0, description="Initial learning rate.")
     lr_decay: Literal["none", "linear"] = Field(
@@ -63,12 +40,6 @@ class TrainingSettings(Section):
         le=0.5,
         description="Share of the box's records kept out of training for evaluation.",
     )
-    seed: int = Field(default=0, ge=0, description="Seed for adapter initialisation and shuffling.")
-    freeze_a: bool = Field(
-        default=True,
-        description="Derive A from (seed, tensor name, shape) and train only B, so A never "
-        "travels and boxes' updates add up exactly.",
-    )
     base_precision: Literal["same", "q8_0", "f32"] = Field(
         default="same",
         description="Precision the base model is trained in: `same` trains on the served file "
@@ -83,13 +54,6 @@ class TrainingSettings(Section):
         description="The trainer refuses to start when its estimate exceeds this.",
     )
 
-    @field_validator("rank")
-    @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if not (1 <= value <= 256 and value & (value - 1) == 0):
-            raise ValueError(f"must be a power of two between 1 and 256 (got {value})")
-        return value
-
     @field_validator("window_tokens")
     @classmethod
     def _window_quantum(cls, value: int) -> int:
@@ -97,16 +61,6 @@ class TrainingSettings(Section):
             raise ValueError(
                 f"must be a positive multiple of {WINDOW_QUANTUM_TOKENS} up to 8192 (got {value})"
             )
-        return value
-
-    @field_validator("targets")
-    @classmethod
-    def _target_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-                raise ValueError(f"not a weight name inside a block (got {name!r})")
-        if len(set(value)) != len(value):
-            raise ValueError(f"lists a target twice (got {value})")
         return value
 
     @model_validator(mode="after")

@@ -1,15 +1,17 @@
 """The edge box's work, one step at a time: data, rounds, updates, global adapters.
 
-Transport callbacks only queue events; `step()` (the daemon's main loop) handles them, polls
-the training thread and ingests the spool, so the model and the state are touched by one
-thread only.
+`step()` (the daemon's main loop) pulls the transport's inbound events and handles them,
+polls the training thread and ingests the spool, so the model and the state are touched by
+one thread only. Other threads see only what the main loop hands them: the health reporter reads
+a `DaemonState` snapshot the step replaces (one immutable object, swapped whole), and the
+inference API pauses the current training run through its thread-safe pause switch.
 """
 
 import logging
-import queue
-import shutil
 import time
 import zipfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -18,7 +20,8 @@ from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out, nll_of_file
-from appliance.edge.state import EdgeState
+from appliance.edge.protocols import box_protocols
+from appliance.edge.state import OBEYED_KEPT, EdgeState
 from appliance.edge.training_run import (
     RunOutcome,
     TrainingRun,
@@ -26,13 +29,14 @@ from appliance.edge.training_run import (
     write_records,
 )
 from appliance.errors import AdapterError, ApplianceError, ModelError
-from appliance.federation.codec import ErrorFeedback, RoundContext, encode_update
+from appliance.federation.codec import ErrorFeedback
 from appliance.federation.global_adapter import (
     deltas_from,
     initial_global_adapter,
     load_global_adapter,
 )
 from appliance.federation.messages import Command, Evaluation, RoundAnnouncement
+from appliance.federation.protocol import BoxProtocol, LocalUpdate
 from appliance.federation.updates import GlobalAdapter
 from appliance.identity import TrustStore
 from appliance.identity.own_key import node_key
@@ -44,7 +48,6 @@ from appliance.llm.texts import chat_template, record_text
 from appliance.llm.training.supervisor import TrainingRequest
 from appliance.privacy.accountant import PrivacyLedgerError
 from appliance.privacy.guard import PrivacyGuard
-from appliance.privacy.secagg.daemon import SecureBox
 from appliance.serve.edge import EdgeServing
 from appliance.system.failpoints import failpoint
 from appliance.system.files import copy_durably, quarantine, write_durably
@@ -52,19 +55,15 @@ from appliance.system.journal import set_fields
 from appliance.system.shutdown import flush_outbox
 from appliance.telemetry.metrics import DaemonState
 from appliance.telemetry.reporter import HealthReporter
+from appliance.transport.events import ArtifactArrived, InboundEvent, MessageArrived
 from appliance.transport.node import NodeSettings, TransportNode
-from appliance.transport.receiver import ReceivedArtifact
 
 log = logging.getLogger(__name__)
 
-Event = tuple[str, object]
-UPDATE_FILE = "update.bin"
-STAGED_RESIDUAL = "residual.npz"
-
 
 def incoming_round_id(path: Path) -> str:
-    """The round of a hand-over file `incoming.<round id>.<artifact id>.gguf`; a round id
-    may contain dots, the artifact id (a uuid's hex) has none."""
+    """The round of an older version's hand-over file `incoming.<round id>.<artifact
+    id>.gguf`; a round id may contain dots, the artifact id (a uuid's hex) has none."""
     middle = path.name.removeprefix("incoming.").removesuffix(".gguf")
     round_id, dot, _artifact = middle.rpartition(".")
     return round_id if dot and round_id else "unknown"
@@ -76,58 +75,51 @@ class EdgeService:
     def __init__(self, config: EdgeConfig) -> None:
         self.config = config
         self.node_id = config.identity.node_id
-        self.state_dir = config.paths.state_dir
-        self.adapters_dir = self.state_dir / "adapters"
-        self.adapters_dir.mkdir(parents=True, exist_ok=True)
+        self.layout = config.layout
+        self.layout.adapters_dir.mkdir(parents=True, exist_ok=True)
         self.runtime = Runtime.from_settings(config.model)
         self._template = chat_template(Path(self.runtime.info.path))
         self._shapes = tensor_shapes(open_gguf(Path(self.runtime.info.path), ModelError))
         self.spool = Spool(
             config.paths.spool_dir,
-            self.state_dir,
+            self.layout.state_dir,
             self.node_id,
             config.training.validation_fraction,
         )
-        self._state_path = self.state_dir / "edge-state.json"
+        self._state_path = self.layout.state_file
         self.state = EdgeState.load(self._state_path)  # a bad file is moved aside
-        self._rounds_dir = self.state_dir / "rounds"
-        reap_orphaned_workers(self._rounds_dir)  # a trainer the killed daemon left running
-        self._residual_path = self.state_dir / "residual.npz"
+        reap_orphaned_workers(self.layout.rounds_dir)  # a trainer the killed daemon left running
+        self._residual_path = self.layout.residual
         for round_id in self.state.sending:  # prepared before a crash: its residual is final
             self._promote_residual(round_id)
         self.feedback = self._load_feedback()
-        self.privacy = PrivacyGuard(config.privacy, self.state_dir)
+        self.privacy = PrivacyGuard(config.privacy, self.layout.state_dir)
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
         self._waiting: RoundAnnouncement | None = None
-        self._events: queue.Queue[Event] = queue.Queue()
         self._next_scan = 0.0
         self._restore_active()
-        for pending in sorted(self.adapters_dir.glob("incoming.*.gguf")):  # handed over, not
-            self._events.put(("global", (pending, incoming_round_id(pending))))  # yet taken
+        # an older version's hand-over files (acknowledged, not yet taken): taken once
+        self._legacy_handovers = sorted(self.layout.adapters_dir.glob("incoming.*.gguf"))
         aggregator = config.federation.aggregator_id
         settings = NodeSettings(
             config.identity.plant_id,
             config.mqtt,
             config.outbox,
             config.transfer,
-            self.state_dir / "transport",
+            self.layout.transport_dir,
         )
         self.transport = TransportNode(
             node_key(config.identity),
             TrustStore(config.identity.trust_dir),
             settings,
-            self._on_artifact,
             artifact_senders=(aggregator,),
         )
-        self.transport.on_message(
-            aggregator, "round", RoundAnnouncement, lambda m, _s: self._events.put(("round", m))
-        )
-        self.transport.on_message(
-            aggregator, "command", Command, lambda m, _s: self._events.put(("command", m))
-        )
-        self.health = HealthReporter(config, daemon_state=self._daemon_state)
-        self.secure = SecureBox(self.transport, aggregator)  # pairwise-masked rounds
+        self.transport.subscribe(aggregator, "round", RoundAnnouncement)
+        self.transport.subscribe(aggregator, "command", Command)
+        self._snapshot = DaemonState()  # replaced by each step; read by the health reporter
+        self.health = HealthReporter(config, daemon_state=lambda: self._snapshot)
+        self.protocols = box_protocols(self.transport, aggregator)  # plain, pairwise-masked
         self.serving = EdgeServing(config, lambda: self.training)  # inference API, if enabled
 
     # -- life ---------------------------------------------------------------------------------
@@ -139,6 +131,7 @@ class EdgeService:
             self._queue_prepared_update(round_id)
         self._publish_evaluations()
         self.transport.start()
+        self._snapshot = self._daemon_state()  # the first health report knows the model
         self.health.start()
         self.serving.follow(self.state.active_version, self.state.active_path)
         self.serving.start()
@@ -174,19 +167,18 @@ class EdgeService:
         if now >= self._next_scan:
             self.spool.ingest()
             self._next_scan = now + self.config.federation.spool_scan_s
-        while True:
-            try:
-                kind, payload = self._events.get_nowait()
-            except queue.Empty:
-                break
-            self._handle(kind, payload)
+        self._take_legacy_handovers()
+        while (event := self.transport.next_event()) is not None:
+            self.handle(event)
         self.serving.follow(self.state.active_version, self.state.active_path)
         self._follow_gate()
-        self.secure.tick()  # a masked update waits for its round's key set
+        for protocol in self.protocols.values():
+            protocol.tick()  # a masked update waits for its round's key set
         if self.training is not None and (outcome := self.training.outcome()) is not None:
             run, self.training = self.training, None
             self._finish_round(run, outcome)
             set_fields(ROUND=None)
+        self._snapshot = self._daemon_state()
         return self.status()
 
     def _follow_gate(self) -> None:
@@ -198,7 +190,7 @@ class EdgeService:
         self.serving.gate(None if decision.allowed else decision.summary())
 
     def _daemon_state(self) -> DaemonState:
-        """What the health reporter publishes about the daemon (read from its thread)."""
+        """What the health reporter publishes about the daemon (made in the main loop)."""
         run = self.training
         progress = run.progress if run else {}
         step, total = progress.get("step"), progress.get("steps_total")
@@ -220,27 +212,43 @@ class EdgeService:
             dp_epsilon_spent=self.privacy.epsilon_spent,
         )
 
-    def _handle(self, kind: str, payload: object) -> None:
-        try:
-            if kind == "round":
-                self._join(payload)  # type: ignore[arg-type]
-            elif kind == "global":
-                self._take_global(*payload)  # type: ignore[misc]
-            elif kind == "command":
-                self._obey(payload)  # type: ignore[arg-type]
-        except ApplianceError as exc:
-            log.error("%s: %s", kind, exc)
+    def _take_legacy_handovers(self) -> None:
+        while self._legacy_handovers:
+            path = self._legacy_handovers.pop(0)
+            round_id = incoming_round_id(path)
+            self._guarded("global", partial(self._take_global, path, round_id))
+            path.unlink(missing_ok=True)
 
-    def _on_artifact(self, artifact: ReceivedArtifact) -> None:
-        manifest = artifact.manifest
-        if manifest.kind != "global":
-            log.warning("ignored artifact of kind %r from %s", manifest.kind, manifest.sender)
-            return
-        # acknowledged once this returns: the file is the hand-over and survives a crash
-        round_id = str(manifest.meta.get("round_id", "unknown"))
-        target = self.adapters_dir / f"incoming.{round_id}.{manifest.artifact_id}.gguf"
-        shutil.move(artifact.path, target)
-        self._events.put(("global", (target, round_id)))
+    def handle(self, event: InboundEvent) -> None:
+        """Take one inbound event (the step pulls them from the transport). A delivered
+        global adapter is acknowledged once the state names its outcome; one that fails
+        with an error is offered again at the next start."""
+        match event:
+            case ArtifactArrived(manifest=manifest) if manifest.kind == "global":
+                round_id = str(manifest.meta.get("round_id", "unknown"))
+                if self._guarded("global", lambda: self._take_global(event.path, round_id)):
+                    self.transport.acknowledge(event)
+            case ArtifactArrived(manifest=manifest):
+                log.warning("ignored artifact of kind %r from %s", manifest.kind, manifest.sender)
+                self.transport.acknowledge(event)
+            case MessageArrived(message=RoundAnnouncement() as announcement):
+                self._guarded("round", lambda: self._join(announcement))
+                self.transport.acknowledge(event)
+            case MessageArrived(message=Command() as command):
+                self._guarded("command", lambda: self._obey(command))  # saved in the state
+                self.transport.acknowledge(event)
+            case MessageArrived(kind=kind, signer=signer):  # not subscribed to anything else
+                log.warning("ignored a %s message from %s", kind, signer)
+                self.transport.acknowledge(event)
+
+    def _guarded(self, what: str, work: Callable[[], None]) -> bool:
+        """Run one event's work; an `ApplianceError` is logged (the daemon goes on)."""
+        try:
+            work()
+        except ApplianceError as exc:
+            log.error("%s: %s", what, exc)
+            return False
+        return True
 
     # -- rounds -------------------------------------------------------------------------------
 
@@ -279,11 +287,25 @@ class EdgeService:
             self._waiting = round_
             return
         records = self.spool.records(heldout=False)
-        if not records:
-            log.warning("round %s: no training data in the spool yet; not joining", round_.round_id)
+        protocol = self._protocol(round_)  # None: logged
+        if not records or protocol is None:
+            if not records:
+                log.warning(
+                    "round %s: no training data in the spool yet; not joining", round_.round_id
+                )
             return
-        self.secure.join(round_)  # a secure round: publish this box's mask key
+        protocol.join(round_)  # a secure round: publish this box's mask key
         self._start_training(round_, base_path, records)
+
+    def _protocol(self, round_: RoundAnnouncement) -> BoxProtocol | None:
+        protocol = self.protocols.get(round_.plan.protocol)
+        if protocol is None:
+            log.error(
+                "round %s asks for round protocol %r, which this box does not speak",
+                round_.round_id,
+                round_.plan.protocol,
+            )
+        return protocol
 
     def _done_with(self, round_id: str) -> bool:
         """Whether this box has finished the round; also when its state was lost (moved
@@ -313,25 +335,20 @@ class EdgeService:
         plan = round_.plan
         settings = self.config.training.model_copy(
             update={
-                "rank": plan.rank,
-                "alpha": plan.alpha,
-                "targets": list(plan.targets),
-                "top_layers": plan.top_layers,
-                "seed": plan.seed,
-                "freeze_a": plan.frozen_a,
+                **plan.lora.model_dump(),  # the same names in the config and the plan
                 "learning_rate": plan.learning_rate,
                 "epochs": plan.epochs,
                 "max_steps": plan.max_steps,
                 "validation_fraction": 0.0,
             }
         )
-        work = self.state_dir / "rounds" / round_.round_id
+        work = self.layout.round_dir(round_.round_id)
         request = TrainingRequest(
             model=self.runtime.info.path,
             data=write_records(work / "train.jsonl", records),
             out=work / "local.gguf",
             settings=settings,
-            cache_dir=self.config.paths.cache_dir or self.state_dir / "cache",
+            cache_dir=self.layout.cache_dir,
             start_adapter=base_path,
             stall_timeout_s=self.config.federation.train_stall_timeout_s,
             policy=LicensePolicy.from_settings(self.config.model),
@@ -365,50 +382,50 @@ class EdgeService:
             self._mark_done(round_.round_id, local_nll)
             return
         corrected = self.feedback.corrected(deltas)
-        if round_.plan.secure_aggregation is not None:  # masked, sent once the key set is here
-            credited, _ = self.secure.submit(round_, corrected, run.records, base)
-            self.feedback.remember(corrected, credited)
-            self.feedback.save(self._residual_path)
-            self._mark_done(round_.round_id, local_nll)
-            self.state.train_seconds[round_.round_id] = outcome.result.seconds
-            self.state.save(self._state_path)
+        protocol = self._protocol(round_)
+        assert protocol is not None  # checked when the box joined
+        local = LocalUpdate(corrected, run.records, base, dp)
+        prepared = protocol.prepare(round_, local)
+        self.feedback.remember(corrected, prepared.credited)
+        self._prepare_update(round_.round_id, prepared.blob, local_nll, outcome.result.seconds)
+        if prepared.blob is None:
+            log.info("round %s: update prepared; the round protocol sends it", round_.round_id)
             return
-        context = RoundContext(
-            self.node_id, round_.round_id, round_.base_sha256, round_.global_version
-        )
-        encoded = encode_update(corrected, run.records, round_.plan.codec, context, dp)
-        self.feedback.remember(corrected, encoded.sent)
-        self._prepare_update(round_.round_id, encoded.blob, local_nll, outcome.result.seconds)
         self._queue_prepared_update(round_.round_id)
         log.info(
             "round %s: update sent, %d bytes (%.1fx smaller than dense fp32); local held-out "
             "NLL %.4f",
             round_.round_id,
-            len(encoded.blob),
-            encoded.ratio,
+            len(prepared.blob),
+            prepared.dense_fp32_bytes / max(1, len(prepared.blob)),
             local_nll,
         )
 
-    def _prepare_update(self, round_id: str, blob: bytes, local_nll: float, seconds: float) -> None:
+    def _prepare_update(
+        self, round_id: str, blob: bytes | None, local_nll: float, seconds: float
+    ) -> None:
         """Write the update and its residual beside the round, then mark the round done and
         'sending' in one state write: from there a restart sends these bytes (never a
         retrained, different update the aggregator would refuse), and the residual belongs
-        to an update that is sent."""
-        work = self._rounds_dir / round_id
-        work.mkdir(parents=True, exist_ok=True)
-        write_durably(work / UPDATE_FILE, blob)
-        self.feedback.save(work / STAGED_RESIDUAL)
+        to an update that is sent. Without a blob (the protocol sends it itself) the residual
+        is the box's at once."""
+        self.layout.round_dir(round_id).mkdir(parents=True, exist_ok=True)
+        if blob is None:
+            self.feedback.save(self._residual_path)
+        else:
+            write_durably(self.layout.staged_update(round_id), blob)
+            self.feedback.save(self.layout.staged_residual(round_id))
+            self.state.sending.append(round_id)
         self.state.done_rounds.append(round_id)
         self.state.local_nll[round_id] = local_nll
         self.state.train_seconds[round_id] = seconds
-        self.state.sending.append(round_id)
         self.state.save(self._state_path)  # the commit point
 
     def _queue_prepared_update(self, round_id: str) -> None:
         """Put a prepared update in the outbox unless it is there already; repeatable, so a
         restart finishes whatever step a crash interrupted."""
         self._promote_residual(round_id)
-        update = self._rounds_dir / round_id / UPDATE_FILE
+        update = self.layout.staged_update(round_id)
         if self.transport.outbox.holds_artifact("update", {"round_id": round_id}):
             log.info("round %s: update already in the outbox", round_id)
         elif update.exists():  # else: sent and acknowledged before the crash, or lost
@@ -427,7 +444,7 @@ class EdgeService:
 
     def _promote_residual(self, round_id: str) -> None:
         """The residual staged with a prepared update becomes the box's residual."""
-        staged = self._rounds_dir / round_id / STAGED_RESIDUAL
+        staged = self.layout.staged_residual(round_id)
         if staged.exists():
             staged.replace(self._residual_path)
 
@@ -444,16 +461,7 @@ class EdgeService:
         path = self._global_file(round_)
         if path is not None:
             return load_global_adapter(path)
-        plan = round_.plan
-        return initial_global_adapter(
-            self._shapes,
-            list(plan.targets),
-            rank=plan.rank,
-            alpha=plan.alpha,
-            seed=plan.seed,
-            frozen_a=plan.frozen_a,
-            top_layers=plan.top_layers,
-        )
+        return initial_global_adapter(self._shapes, round_.plan.lora)
 
     def _mark_done(self, round_id: str, local_nll: float | None) -> None:
         self.state.done_rounds.append(round_id)
@@ -488,11 +496,11 @@ class EdgeService:
         log.info("serving global adapter v%s", self.state.active_version)
 
     def _global_path(self, version: int) -> Path:
-        return self.adapters_dir / f"global-v{version}.gguf"
+        return self.layout.global_adapter(version)
 
     def _take_global(self, incoming: Path, round_id: str) -> None:
-        """Take a delivered global adapter. The hand-over file goes only once the state
-        names the outcome, so a crash at any step repeats the work at the next start; a
+        """Take a delivered global adapter. It is acknowledged only once the state names
+        the outcome, so a crash at any step repeats the work at the next start; a
         version already evaluated is not taken twice (the aggregator may send one again
         after a crash of its own), so its evaluation is published once."""
         try:
@@ -508,7 +516,6 @@ class EdgeService:
             )
         else:
             self._install(incoming, version, round_id)
-        incoming.unlink(missing_ok=True)
         if self._waiting is not None and self._waiting.global_version == version:
             waiting, self._waiting = self._waiting, None
             self._join(waiting)
@@ -627,8 +634,20 @@ class EdgeService:
             return
         log.warning("rolled back to global adapter v%d on command", version)
 
+    def _first_delivery(self, command: Command) -> bool:
+        """Whether an operator command is new; it is remembered as carried out (saved with
+        the state the command changes)."""
+        if command.command_id is None:
+            return True
+        if command.command_id in self.state.obeyed_commands:
+            log.info("command %d delivered again: already carried out", command.command_id)
+            return False
+        kept = self.state.obeyed_commands[-(OBEYED_KEPT - 1) :]
+        self.state.obeyed_commands = [*kept, command.command_id]
+        return True
+
     def _obey(self, command: Command) -> None:
-        if self.node_id not in command.nodes:
+        if self.node_id not in command.nodes or not self._first_delivery(command):
             return
         if command.action == "unpin":
             self.state.pinned_version = None

@@ -22,6 +22,10 @@ from appliance.system.files import quarantine, write_durably
 log = logging.getLogger(__name__)
 
 
+OBEYED_KEPT = 100
+"""Operator commands remembered as carried out (a redelivery comes within seconds)."""
+
+
 @dataclass
 class EdgeState:
     """The box's durable state."""
@@ -42,6 +46,9 @@ class EdgeState:
     """Global versions installed and evaluated: a second delivery of one is a no-op."""
     unsent_evaluations: list[dict[str, Any]] = field(default_factory=list)
     """Evaluation messages decided with their activation, not yet in the outbox."""
+    obeyed_commands: list[int] = field(default_factory=list)
+    """Ids of the operator commands carried out (the last `OBEYED_KEPT`): one delivered
+    again is not carried out twice."""
 
     @classmethod
     def load(cls, path: Path) -> "EdgeState":
@@ -111,6 +118,7 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "previous_path": _optional(_str),
     "pinned_version": _optional(_int),
     "done_rounds": _list_of(_str),
+    "obeyed_commands": _list_of(_int),
     "local_nll": _str_to_number,
     "train_seconds": _str_to_number,
     "sending": _list_of(_str),

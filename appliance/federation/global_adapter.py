@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from appliance.config.lora import LoraSpec
 from appliance.federation.updates import Delta, GlobalAdapter
 from appliance.llm.adapters import BASE_SHA256_KEY, AdapterFile, read_adapter, write_adapter
 from appliance.llm.training.lora_init import initial_factors, target_shapes
@@ -23,18 +24,12 @@ class UpdateShapeError(ValueError):
 
 
 def initial_global_adapter(
-    base_shapes: dict[str, tuple[int, ...]],
-    targets: list[str],
-    *,
-    rank: int,
-    alpha: float,
-    seed: int,
-    frozen_a: bool,
-    top_layers: int = 0,
+    base_shapes: dict[str, tuple[int, ...]], lora: LoraSpec
 ) -> GlobalAdapter:
     """Version 0: derived A, zero B, for every targeted weight (of the top blocks, if set)."""
-    factors = initial_factors(target_shapes(base_shapes, targets, top_layers), rank, seed)
-    return GlobalAdapter(0, factors, alpha, frozen_a)
+    shapes = target_shapes(base_shapes, list(lora.targets), lora.top_layers)
+    factors = initial_factors(shapes, lora.rank, lora.seed)
+    return GlobalAdapter(0, factors, lora.alpha, lora.freeze_a)
 
 
 def save_global_adapter(

@@ -7,19 +7,19 @@ it does not understand instead of guessing.
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from appliance.config.base import TopicSafeId
+from appliance.config.lora import LoraSpec
 from appliance.federation.codec import CodecSpec
+from appliance.transport.wire import WireModel
 
 SHA256 = r"^[0-9a-f]{64}$"
 ROUND_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
-class Message(BaseModel):
-    """Strict, closed, finite, immutable."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+class Message(WireModel):
+    """Strict, closed, finite, immutable: a body the transport signs and sends."""
 
 
 class SecureAggregationPlan(Message):
@@ -33,12 +33,7 @@ class SecureAggregationPlan(Message):
 class TrainingPlan(Message):
     """The hyper-parameters every participant trains with in a round."""
 
-    rank: int = Field(ge=1, le=256)
-    alpha: float = Field(gt=0)
-    targets: tuple[str, ...] = Field(min_length=1)
-    top_layers: int = Field(default=0, ge=0, description="Adapt only the top N blocks (0: all).")
-    seed: int = Field(ge=0)
-    frozen_a: bool
+    lora: LoraSpec = Field(description="The adapter's shape, as the aggregator's config has it.")
     learning_rate: float = Field(gt=0, le=1)
     epochs: int = Field(ge=1)
     max_steps: int = Field(ge=0)
@@ -47,11 +42,17 @@ class TrainingPlan(Message):
         default=None, description="Mask the update (None: a plain signed update)."
     )
 
+    @property
+    def protocol(self) -> str:
+        """The round protocol the plan asks for (appliance/federation/protocol.py)."""
+        return "plain" if self.secure_aggregation is None else "secure"
+
 
 class RoundAnnouncement(Message):
-    """The aggregator opens a round (kind `round`)."""
+    """The aggregator opens a round (kind `round`). v2: the plan's LoRA shape is one
+    `lora` object (v1 had its fields flat, with `frozen_a`)."""
 
-    v: Literal[1] = 1
+    v: Literal[2] = 2
     round_id: str = Field(pattern=ROUND_ID)
     base_sha256: str = Field(pattern=SHA256)
     global_version: int = Field(ge=0)
@@ -107,3 +108,10 @@ class Command(Message):
     action: Literal["rollback", "pin", "unpin"]
     nodes: tuple[TopicSafeId, ...] = Field(min_length=1)
     global_version: int | None = Field(default=None, ge=0)
+    command_id: int | None = Field(
+        default=None,
+        ge=0,
+        description="The operator command's id in the aggregator's rollout store: a box "
+        "carries each out once, also when the broker delivers it twice (a rollback to the "
+        "previous adapter done twice would undo itself).",
+    )

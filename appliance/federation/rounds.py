@@ -7,18 +7,23 @@ records (docs/crash-safety.md): its global adapter's version is reserved before 
 written, `aggregated` means the file and the audit line exist, `published_at` that the
 adapter is queued for the boxes; `unfinished()` names what a restart must complete.
 
+A round protocol that needs steps after the close (secure aggregation: commit, then seed
+reveals) records its `phase` on the closed round.
+
 Closing rules: a round closes as soon as `min_updates` arrived; at its deadline it closes
 with at least `min_updates_at_deadline`, otherwise it is extended once and then abandoned.
 Late updates are refused with the reason.
 """
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from appliance.federation.messages import TrainingPlan
+from appliance.system.sqlite import open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rounds (
@@ -37,7 +42,8 @@ CREATE TABLE IF NOT EXISTS rounds (
     closed_at REAL,
     close_reason TEXT,
     result_version INTEGER,
-    published_at REAL
+    published_at REAL,
+    phase TEXT
 );
 CREATE TABLE IF NOT EXISTS updates (
     round_id TEXT NOT NULL REFERENCES rounds(round_id),
@@ -61,6 +67,7 @@ MIGRATIONS = (
         "ALTER TABLE rounds ADD COLUMN published_at REAL;"
         " UPDATE rounds SET published_at = closed_at WHERE state = 'aggregated'",
     ),
+    ("phase", "ALTER TABLE rounds ADD COLUMN phase TEXT"),
 )
 
 
@@ -95,7 +102,7 @@ class RoundSpec:
 
     round_id: str
     global_version: int
-    plan: dict[str, Any]
+    plan: TrainingPlan
     participants: tuple[str, ...]
     min_updates: int
     min_updates_at_deadline: int
@@ -109,7 +116,7 @@ class Round:
     round_id: str
     seq: int
     global_version: int
-    plan: dict[str, Any]
+    plan: TrainingPlan
     participants: tuple[str, ...]
     min_updates: int
     min_updates_at_deadline: int
@@ -122,6 +129,9 @@ class Round:
     result_version: int | None = None
     """The global adapter version this round makes (reserved before its file is written)."""
     published_at: float | None = None
+    phase: str | None = None
+    """Where the round protocol is in a closed round that needs more steps (a secure
+    round's `committed`, `revealing`); None otherwise."""
 
 
 @dataclass(frozen=True)
@@ -137,13 +147,12 @@ class StoredUpdate:
 class RoundStore:
     """Round and update records in one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
-        self._migrate()
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (and create or migrate) the store; `read_only` for reports, which never
+        write and never create it."""
+        self._db = open_db(path, read_only=read_only, schema=None if read_only else SCHEMA)
+        if not read_only:
+            self._migrate()
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
@@ -168,7 +177,7 @@ class RoundStore:
                 spec.round_id,
                 seq,
                 spec.global_version,
-                json.dumps(spec.plan),
+                spec.plan.model_dump_json(),
                 json.dumps(list(spec.participants)),
                 spec.min_updates,
                 spec.min_updates_at_deadline,
@@ -295,6 +304,14 @@ class RoundStore:
             (version, round_id),
         )
 
+    def set_phase(self, round_id: str, phase: str) -> None:
+        """Record the round protocol's phase of a closed round (shown by status, kept across
+        restarts)."""
+        self._db.execute(
+            "UPDATE rounds SET phase = ? WHERE round_id = ? AND state = 'closed'",
+            (phase, round_id),
+        )
+
     def mark_published(self, round_id: str, now: float) -> None:
         """The round's global adapter is queued for the boxes (the outbox delivers it)."""
         self._db.execute("UPDATE rounds SET published_at = ? WHERE round_id = ?", (now, round_id))
@@ -313,6 +330,34 @@ class RoundStore:
             (state.value, now, reason, round_.round_id),
         )
         return self.get(round_.round_id)
+
+    # -- read-only queries (reports)
+
+    def history(self) -> list[tuple[Round, float | None]]:
+        """Every round, oldest first, with when it closed (None while open). `Round` leaves
+        the close time out: only the report, which shows how long rounds took, needs it."""
+        rows = self._db.execute("SELECT *, closed_at FROM rounds ORDER BY seq")
+        return [(_round(row[:-1]), row[-1]) for row in rows]
+
+    def arrivals(self) -> dict[tuple[str, str], tuple[int, float]]:
+        """(size in bytes, arrival time) of every accepted update by (round, box), without
+        reading the blobs: a box's bytes up, and when its training of the round ended."""
+        rows = self._db.execute("SELECT round_id, node_id, size_bytes, received_at FROM updates")
+        return {(round_id, node): (size, at) for round_id, node, size, at in rows}
+
+
+LORA_FIELDS = ("rank", "alpha", "targets", "top_layers", "seed")
+
+
+def stored_plan(text: str) -> TrainingPlan:
+    """A round's plan as stored; plans written before the LoRA shape became one object
+    (flat `rank` ... `frozen_a`) are read in the new shape."""
+    raw = json.loads(text)
+    if "lora" not in raw and "rank" in raw:
+        lora = {name: raw.pop(name) for name in LORA_FIELDS if name in raw}
+        lora["freeze_a"] = raw.pop("frozen_a")
+        raw["lora"] = lora
+    return TrainingPlan.model_validate_json(json.dumps(raw))
 
 
 def _round(row: tuple[Any, ...]) -> Round:
@@ -333,12 +378,13 @@ def _round(row: tuple[Any, ...]) -> Round:
         reason,
         result_version,
         published_at,
+        phase,
     ) = row
     return Round(
         round_id,
         seq,
         version,
-        json.loads(plan),
+        stored_plan(plan),
         tuple(json.loads(participants)),
         min_updates,
         at_deadline,
@@ -350,4 +396,5 @@ def _round(row: tuple[Any, ...]) -> Round:
         reason,
         result_version,
         published_at,
+        phase,
     )

@@ -13,7 +13,7 @@ every entry on a tiny model of each quantisation.
 
 from dataclasses import dataclass
 
-from appliance.config.training import DEFAULT_TARGETS
+from appliance.config.lora import DEFAULT_TARGETS
 from appliance.errors import TrainingError
 from appliance.llm.abi import HOW_TO_BUILD, REQUIRED_LLAMA_PATCHES
 

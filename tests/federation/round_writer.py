@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 
 from appliance.federation.rounds import RoundSpec, RoundStore, StoredUpdate
+from tests.federation.plans import training_plan
 
 
 def main(db: Path, boxes: int) -> None:
     store = RoundStore(db)
     if store.current() is None:
         spec = RoundSpec(
-            "r1", 0, {"lr": 0.001}, tuple(f"box{i}" for i in range(boxes)), boxes, 1, 3600
+            "r1", 0, training_plan(), tuple(f"box{i}" for i in range(boxes)), boxes, 1, 3600
         )
         store.open_round(spec, time.time())
     for i in range(boxes):

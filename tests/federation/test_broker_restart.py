@@ -233,9 +233,7 @@ def _node(root: Path, node_id: str, broker: Mosquitto) -> TransportNode:
     settings = NodeSettings(
         PLANT, mqtt, OutboxSettings(), TransferSettings(), root / node_id / "transport"
     )
-    return TransportNode(
-        NodeKey.load(node_id, private), TrustStore(trust), settings, lambda _artifact: None
-    )
+    return TransportNode(NodeKey.load(node_id, private), TrustStore(trust), settings)
 
 
 def test_an_evaluation_sent_before_the_aggregator_is_back_reaches_it(

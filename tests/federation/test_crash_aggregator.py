@@ -174,7 +174,7 @@ def test_a_corrupt_global_adapter_file_is_moved_aside_at_start(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     first = _service(tmp_path, tiny_model)
-    globals_dir = first.globals_dir
+    globals_dir = first.layout.globals_dir
     first.stop()
     (globals_dir / "global-v1.gguf").write_bytes(b"GGUF" + b"\0" * 10)  # torn by hand
     again = aggregator_service(FleetLayout(tmp_path, ("box-1",)))

@@ -9,7 +9,6 @@ failpoint is armed in box-1's first run only (appliance/system/failpoints.py).
 import json
 import logging
 import os
-import shutil
 import signal
 import sqlite3
 import sys
@@ -19,6 +18,7 @@ from subprocess import PIPE, Popen
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.config import load_config
 from appliance.config.training import TrainingSettings
@@ -32,13 +32,16 @@ from appliance.errors import ModelError
 from appliance.federation.audit import verify
 from appliance.federation.global_adapter import initial_global_adapter, save_global_adapter
 from appliance.federation.updates import GlobalAdapter
+from appliance.identity import NodeKey
 from appliance.identity.keys import load_public_key
 from appliance.llm.gguf_file import open_gguf, read_model_info, tensor_shapes
 from appliance.llm.tiny import make_tiny_model
 from appliance.llm.training.supervisor import WORKER_MODULE
 from appliance.system.failpoints import ENVIRONMENT, POINTS
+from appliance.transport.events import ArtifactArrived
 from tests.rollout.fleet import audit_records, edge_state, wait_until
 from tests.support.fleet_watch import daemon_log
+from tests.transport.forge import manifest_for
 
 BOXES = 2
 RECORDS = 24
@@ -243,9 +246,9 @@ def test_the_box_sets_its_bad_files_aside_and_takes_a_global_once(
     tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An unreadable active adapter and residual are moved aside at start (the box serves
-    the base model instead of failing at every start); two hand-over files a crash left
-    behind, the same v1 delivered twice for a round id with a dot, install and evaluate v1
-    once: the second is a no-op."""
+    the base model instead of failing at every start); the same v1 delivered twice (the
+    aggregator sent it again after a crash) for a round id with a dot installs and
+    evaluates v1 once: the second is a no-op, and both are acknowledged."""
     caplog.set_level(logging.INFO, logger="appliance.edge")
     layout = lay_out(tmp_path, FleetOptions(1, 1, str(tiny_model), 1, RECORDS, TINY_TRAINING))
     state_dir = layout.state_dir(KILLED)
@@ -257,8 +260,6 @@ def test_the_box_sets_its_bad_files_aside_and_takes_a_global_once(
     )
     (state_dir / "residual.npz").write_bytes(b"PK\x03\x04 torn")
     global_v1 = _global_adapter(tiny_model, tmp_path / "v1.gguf")
-    for delivery in ("a" * 32, "b" * 32):  # the aggregator sent v1 twice
-        shutil.copyfile(global_v1, adapters / f"incoming.r1.x-2.{delivery}.gguf")
     service = EdgeService(load_config(layout.config(KILLED)))  # type: ignore[arg-type]
     try:
         assert service.state.active_version is None and service.active is None
@@ -266,10 +267,19 @@ def test_the_box_sets_its_bad_files_aside_and_takes_a_global_once(
             "global-v1.gguf"
         ]
         assert len(list(state_dir.glob("residual.npz.corrupt-*"))) == 1
-        service.step()
+        service.step()  # takes in the spool's records: held-out data to evaluate on
+        aggregator = NodeKey(AGGREGATOR, Ed25519PrivateKey.generate())
+        for _ in range(2):  # the aggregator sent v1 twice
+            manifest = manifest_for(
+                aggregator,
+                global_v1.read_bytes(),
+                recipients=(KILLED,),
+                kind="global",
+                meta={"round_id": "r1.x-2"},
+            )
+            service.handle(ArtifactArrived(manifest, global_v1))
         assert service.state.active_version == 1
         assert service.state.evaluated_versions == [1]
-        assert list(adapters.glob("incoming.*")) == []
         evaluations = [
             m for m in service.transport.outbox.messages(set(), 100) if "evaluation" in m.topic
         ]
@@ -287,11 +297,7 @@ def _global_adapter(model: Path, path: Path) -> Path:
     settings = TrainingSettings(**TINY_TRAINING)
     start = initial_global_adapter(
         tensor_shapes(open_gguf(model, ModelError)),
-        list(settings.targets),
-        rank=settings.rank,
-        alpha=settings.alpha,
-        seed=settings.seed,
-        frozen_a=False,
+        settings.lora_spec().model_copy(update={"freeze_a": False}),
     )
     rng = np.random.default_rng(1)
     factors = {

@@ -9,13 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.demo.broker import start_broker
 from appliance.demo.fleet import AGGREGATOR, FleetOptions, lay_out
 from appliance.demo.run import TINY_TRAINING, spawn_node, stop_process
 from appliance.federation.audit import verify
+from appliance.identity import NodeKey
 from appliance.llm.tiny import make_tiny_model
+from appliance.transport.events import ArtifactArrived
 from tests.support.fleet_watch import aggregator_service
+from tests.transport.forge import manifest_for
 
 WAIT_S = 240.0
 
@@ -125,12 +129,17 @@ def test_aggregator_killed_mid_round_completes_the_round_after_restart(tmp_path:
         stop_process(broker)
 
 
-@pytest.mark.parametrize("junk", [b"", b"APUP", b"\x00" * 5000])
+def update_arrived(sender: str, round_id: str, path: Path) -> ArtifactArrived:
+    """An update as the transport hands it over (verified, signed by `sender`)."""
+    key = NodeKey(sender, Ed25519PrivateKey.generate())
+    manifest = manifest_for(key, path.read_bytes(), meta={"round_id": round_id})
+    return ArtifactArrived(manifest, path)
+
+
+@pytest.mark.parametrize("junk", [b"\x01", b"APUP", b"\x00" * 5000])  # the transport has no empty artifact
 def test_an_undecodable_update_is_refused_and_the_round_goes_on(
     tmp_path: Path, junk: bytes
 ) -> None:
-    from appliance.aggregator.service import _IncomingUpdate
-
     options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
     layout = lay_out(tmp_path, options)
     service = aggregator_service(layout)
@@ -139,8 +148,7 @@ def test_an_undecodable_update_is_refused_and_the_round_goes_on(
         round_id = service.store.current().round_id  # type: ignore[union-attr]
         path = tmp_path / "junk.update"
         path.write_bytes(junk)
-        service._events.put(_IncomingUpdate("box-1", round_id, path))
-        service.step(now=time.time())
+        service.handle(update_arrived("box-1", round_id, path))
         refused = audit_records(layout.audit_log, "update_rejected")
         assert refused and refused[0]["node_id"] == "box-1"
         assert refused[0]["reason"].startswith("undecodable: ")
@@ -184,8 +192,6 @@ def test_stopping_the_demo_stops_every_process(tmp_path: Path, stop_signal: sign
 def test_an_update_for_a_closed_round_is_refused_as_late(tmp_path: Path) -> None:
     """The reason is the round's state, not the global version that moved on since (the
     partition test's cut-off box used to read "made for another ... global version")."""
-    from appliance.aggregator.service import _IncomingUpdate
-
     options = FleetOptions(1, 1, str(make_tiny_model(tmp_path / "tiny.gguf")), 1, 10, TINY_TRAINING)
     layout = lay_out(tmp_path, options)
     service = aggregator_service(layout)
@@ -195,10 +201,9 @@ def test_an_update_for_a_closed_round_is_refused_as_late(tmp_path: Path) -> None
         service.store.mark_failed(round_id, "closed for this test", time.time())
         path = tmp_path / "late.update"
         path.write_bytes(b"APUP late bytes")
-        service._events.put(_IncomingUpdate("box-1", round_id, path))
-        service.step(now=time.time())
+        service.handle(update_arrived("box-1", round_id, path))
         refused = audit_records(layout.audit_log, "update_rejected")
         assert [r["reason"] for r in refused] == [f"late: round {round_id} is abandoned"]
-        assert not path.exists()
+        assert service.store.count(round_id) == 0
     finally:
         service.stop()

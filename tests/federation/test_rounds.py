@@ -1,5 +1,6 @@
 """Round state: closing rules, exactly-once updates, late refusals, survival of kill -9."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -16,12 +17,13 @@ from appliance.federation.rounds import (
     StoredUpdate,
     Verdict,
 )
+from tests.federation.plans import training_plan
 
 BOXES = ("box0", "box1", "box2", "box3")
 
 
 def spec(round_id: str = "r1", min_updates: int = 3, at_deadline: int = 2) -> RoundSpec:
-    return RoundSpec(round_id, 4, {"rank": 8}, BOXES, min_updates, at_deadline, 100.0)
+    return RoundSpec(round_id, 4, training_plan(), BOXES, min_updates, at_deadline, 100.0)
 
 
 def update(node: str, sha: str = "a" * 64) -> StoredUpdate:
@@ -176,18 +178,66 @@ def test_a_failed_round_is_not_left_unfinished(store: RoundStore) -> None:
 
 
 def test_a_store_from_before_recorded_steps_is_migrated(tmp_path: Path) -> None:
-    """Old rows had no result_version/published_at; their aggregated rounds were published."""
+    """Old rows had no result_version/published_at/phase and a flat LoRA plan with
+    `frozen_a`; their aggregated rounds were published, their plans read in the new shape."""
     db = tmp_path / "rounds.sqlite"
-    old = SCHEMA.replace(",\n    result_version INTEGER,\n    published_at REAL", "")
+    old = SCHEMA.replace(
+        ",\n    result_version INTEGER,\n    published_at REAL,\n    phase TEXT", ""
+    )
+    assert old != SCHEMA
     with sqlite3.connect(db) as conn:
         conn.executescript(old)
         conn.execute(
-            "INSERT INTO rounds VALUES ('r1', 1, 0, '{}', '[\"box0\"]', 1, 1, 60, 0, 60, 0,"
-            " 'aggregated', 5, '1 updates arrived')"
+            "INSERT INTO rounds VALUES ('r1', 1, 0, ?, '[\"box0\"]', 1, 1, 60, 0, 60, 0,"
+            " 'aggregated', 5, '1 updates arrived')",
+            (json.dumps(OLD_FLAT_PLAN),),
         )
     migrated = RoundStore(db)
     try:
         assert migrated.unfinished() == []
-        assert migrated.get("r1").published_at == 5
+        round_ = migrated.get("r1")
+        assert round_.published_at == 5
+        assert round_.phase is None
+        assert round_.plan.lora.freeze_a is False
+        assert (round_.plan.lora.rank, round_.plan.lora.targets) == (8, ["attn_q", "attn_v"])
+        assert round_.plan.learning_rate == 0.001
     finally:
         migrated.close()
+
+
+OLD_FLAT_PLAN = {
+    "rank": 8,
+    "alpha": 16.0,
+    "targets": ["attn_q", "attn_v"],
+    "top_layers": 0,
+    "seed": 0,
+    "frozen_a": False,
+    "learning_rate": 0.001,
+    "epochs": 1,
+    "max_steps": 0,
+    "codec": {"values": "int8", "block": 64, "top_k_fraction": None, "compression": "zstd"},
+    "secure_aggregation": None,
+}
+
+
+def test_a_closed_round_keeps_its_protocol_phase(tmp_path: Path) -> None:
+    """A secure round's committed/revealing phase is in the store (so status and a restart
+    see it); it can only be set on a closed round and is kept with it."""
+    store = RoundStore(tmp_path / "rounds.sqlite")
+    try:
+        store.open_round(spec(min_updates=1), 0.0)
+        store.set_phase("r1", "committed")  # open: not a protocol phase yet
+        assert store.get("r1").phase is None
+        store.offer("r1", update("box0"), 1.0)
+        assert store.advance(2.0).state == RoundState.CLOSED
+        store.set_phase("r1", "revealing")
+        assert store.get("r1").phase == "revealing"
+        assert [r.phase for r in store.unfinished()] == ["revealing"]
+        assert store.get("r1").plan == training_plan()  # the typed plan round-trips
+    finally:
+        store.close()
+    reopened = RoundStore(tmp_path / "rounds.sqlite")
+    try:
+        assert reopened.get("r1").phase == "revealing"
+    finally:
+        reopened.close()

@@ -56,6 +56,7 @@ from appliance.identity import NodeKey, TrustStore, generate_key_pair, load_publ
 from appliance.llm.gguf_file import open_gguf, tensor_shapes
 from appliance.llm.tiny import make_tiny_model
 from appliance.telemetry.sparkplug import DataType, Metric, Payload, encode
+from appliance.transport.events import ArtifactArrived
 from appliance.transport.node import NodeSettings, TransportNode
 from appliance.transport.rejects import RejectedError
 from appliance.transport.wire import Ack, Manifest, Want, encode_chunk, open_envelope, seal
@@ -94,10 +95,17 @@ class HonestBox:
             NodeKey.load(self.node_id, config.identity.private_key_file.get_secret_value()),
             TrustStore(config.identity.trust_dir),
             settings,
-            lambda artifact: self.globals.append(artifact.path.read_bytes()),
             artifact_senders=(AGGREGATOR,),
         )
         self.node.on_message(AGGREGATOR, "round", RoundAnnouncement, self._on_round)
+
+    def received_globals(self) -> list[bytes]:
+        """Global adapters delivered so far (pulled from the transport and acknowledged)."""
+        while (event := self.node.next_event()) is not None:
+            if isinstance(event, ArtifactArrived):
+                self.globals.append(event.path.read_bytes())
+                self.node.acknowledge(event)
+        return self.globals
 
     def _on_round(self, round_: RoundAnnouncement, _signer: str) -> None:
         if not self.rounds or self.rounds[-1].round_id != round_.round_id:
@@ -105,11 +113,7 @@ class HonestBox:
 
     def send_update(self, shapes: dict[str, tuple[int, ...]]) -> None:
         round_ = self.rounds[-1]
-        plan = round_.plan
-        base = initial_global_adapter(
-            shapes, list(plan.targets), rank=plan.rank, alpha=plan.alpha, seed=plan.seed,
-            frozen_a=plan.frozen_a, top_layers=plan.top_layers,
-        )
+        base = initial_global_adapter(shapes, round_.plan.lora)
         deltas = {
             name: Delta(None, self.rng.normal(0, 0.01, b.shape).astype(np.float32))
             for name, (_a, b) in base.factors.items()
@@ -117,7 +121,7 @@ class HonestBox:
         context = RoundContext(
             self.node_id, round_.round_id, round_.base_sha256, round_.global_version
         )
-        blob = encode_update(deltas, 10 + len(self.sent), plan.codec, context).blob
+        blob = encode_update(deltas, 10 + len(self.sent), round_.plan.codec, context).blob
         self.sent.append(blob)
         artifact_id = self.node.sender.send_artifact(
             "update", blob, [AGGREGATOR], meta={"round_id": round_.round_id}
@@ -205,10 +209,17 @@ class Attacker:
     def evaluation(self, kind: str) -> tuple[str, bytes]:
         writer = self._box()
         message = Evaluation(
-            round_id="r1-abc", global_version=1, node_id=writer, heldout_tokens=10,
-            nll_base=2.0, nll_global=1.0, activated=True,
+            round_id="r1-abc",
+            global_version=1,
+            node_id=writer,
+            heldout_tokens=10,
+            nll_base=2.0,
+            nll_global=1.0,
+            activated=True,
         )
-        return f"{self.base}/msg/{writer}/{kind}", self._signed_variants(writer, message, Evaluation)
+        return f"{self.base}/msg/{writer}/{kind}", self._signed_variants(
+            writer, message, Evaluation
+        )
 
     def want_or_ack(self, channel: str) -> tuple[str, bytes]:
         writer, artifact = self._box(), uuid.uuid4().hex
@@ -224,9 +235,12 @@ class Attacker:
                 )
             return topic, seal(message, self.keys[writer])  # type: ignore[arg-type]
         schema = Want if channel == "want" else Ack
-        message = schema(artifact_id=artifact, sender=AGGREGATOR, receiver=writer, **(
-            {"ranges": ((0, 1),)} if channel == "want" else {"sha256": "1" * 64}
-        ))
+        message = schema(
+            artifact_id=artifact,
+            sender=AGGREGATOR,
+            receiver=writer,
+            **({"ranges": ((0, 1),)} if channel == "want" else {"sha256": "1" * 64}),
+        )
         return topic, self._signed_variants(writer, message, schema)
 
     def manifest(self) -> tuple[str, bytes]:
@@ -242,7 +256,11 @@ class Attacker:
             m = manifest_for(key, data, recipients=(AGGREGATOR,), created=now + 86400)
         elif kind == 2:
             m = manifest_for(
-                key, b"", recipients=(AGGREGATOR,), size_bytes=10**12, chunk_count=10**8,
+                key,
+                b"",
+                recipients=(AGGREGATOR,),
+                size_bytes=10**12,
+                chunk_count=10**8,
                 chunk_bytes=10_000,
             )
         elif kind == 3:
@@ -331,9 +349,11 @@ class Attacker:
             "artifact": self.artifact,
             "want": lambda: self.want_or_ack("want"),
             "ack": lambda: self.want_or_ack("ack"),
-            "msg": lambda: self.evaluation("evaluation")
-            if levels[5] == "evaluation"
-            else self.generic(topic_filter),  # a kind added later: random bytes at least
+            "msg": lambda: (
+                self.evaluation("evaluation")
+                if levels[5] == "evaluation"
+                else self.generic(topic_filter)
+            ),  # a kind added later: random bytes at least
         }
         return family.get(channel, lambda: self.generic(topic_filter))()
 
@@ -372,7 +392,8 @@ def refusals(service: AggregatorService, audit: Path) -> dict[str, int]:
         out[f"sparkplug.ignored.{name}"] = value
     if audit.exists():
         rejected = [
-            r for line in audit.read_text().splitlines()
+            r
+            for line in audit.read_text().splitlines()
             if (r := json.loads(line))["kind"] == "update_rejected"
         ]
         if rejected:
@@ -445,7 +466,6 @@ def start_rogue(tmp_path: Path, layout: FleetLayout, template: EdgeConfig) -> Tr
         NodeSettings(
             PLANT, template.mqtt, template.outbox, template.transfer, tmp_path / "rogue" / "t"
         ),
-        lambda _artifact: None,
         artifact_senders=(AGGREGATOR,),
     )
     rogue.start()
@@ -464,14 +484,14 @@ def assert_honest_aggregate(
     done = audit_data(service.audit.path, "round_aggregated")
     assert len(done) == 1
     assert sorted(done[0]["participants"]) == list(BOXES)
-    start = load_global_adapter(service.globals_dir / "global-v0.gguf")
+    start = load_global_adapter(service.layout.global_adapter(0))
     strategy = build_strategy(config.fleet.strategy)
     strategy.begin(start)
     for box in boxes:
         _header, update = decode_update(box.sent[0], start, 1 << 30)
         strategy.accept(update)
     want = strategy.finish().factors
-    got = load_global_adapter(service.globals_dir / "global-v1.gguf").factors
+    got = load_global_adapter(service.layout.global_adapter(1)).factors
     assert set(got) == set(want)
     for name in want:
         np.testing.assert_allclose(got[name][1], want[name][1], rtol=1e-6, atol=1e-9)
@@ -517,11 +537,23 @@ class Storm:
 
 
 REASONS = (
-    "rejected.malformed", "rejected.bad_signature", "rejected.invalid", "rejected.stale",
-    "rejected.future", "rejected.oversize", "rejected.sender_mismatch", "rejected.bad_topic",
-    "rejected.replay", "ignored.unknown_transfer", "want.unknown_artifact",
-    "ack.unknown_artifact", "sparkplug.rejected.unborn", "sparkplug.rejected.nbirth",
-    "audit.update_rejected", "rejected.claims_other_node", "rejected.unexpected_artifact",
+    "rejected.malformed",
+    "rejected.bad_signature",
+    "rejected.invalid",
+    "rejected.stale",
+    "rejected.future",
+    "rejected.oversize",
+    "rejected.sender_mismatch",
+    "rejected.bad_topic",
+    "rejected.replay",
+    "ignored.unknown_transfer",
+    "want.unknown_artifact",
+    "ack.unknown_artifact",
+    "sparkplug.rejected.unborn",
+    "sparkplug.rejected.nbirth",
+    "audit.update_rejected",
+    "rejected.claims_other_node",
+    "rejected.unexpected_artifact",
 )
 
 
@@ -552,8 +584,10 @@ def test_aggregator_survives_10000_hostile_messages_during_an_honest_round(
     assert isinstance(config, AggregatorConfig)
     configs = [load_config(layout.config(box)) for box in BOXES]
     boxes = [HonestBox(c, seed=100 + i) for i, c in enumerate(configs)]  # type: ignore[arg-type]
-    keys = {b.node_id: NodeKey.load(b.node_id, layout.root / b.node_id / "keys" /
-                                    f"{b.node_id}.key") for b in boxes}
+    keys = {
+        b.node_id: NodeKey.load(b.node_id, layout.root / b.node_id / "keys" / f"{b.node_id}.key")
+        for b in boxes
+    }
     running = RunningAggregator(config)
     service = running.start()
     audit = layout.audit_log
@@ -579,20 +613,28 @@ def test_aggregator_survives_10000_hostile_messages_during_an_honest_round(
         for box in boxes:  # the honest updates go out in the middle of the storm
             box.send_update(shapes)
         attacker.honest_topics = [
-            f"appliance/v1/{PLANT}/artifact/{b.node_id}/{b.artifact_ids[0]}/manifest"
-            for b in boxes
+            f"appliance/v1/{PLANT}/artifact/{b.node_id}/{b.artifact_ids[0]}/manifest" for b in boxes
         ]
         rogue = start_rogue(tmp_path, layout, boxes[0].config)
         round_id = boxes[0].rounds[-1].round_id
         for i in range(ROGUE_UPDATES):  # garbage, and a well-formed update from a non-participant
             data = boxes[0].sent[0] if i % 2 else attacker._bytes(3000)
             rogue.sender.send_artifact("update", data, [AGGREGATOR], meta={"round_id": round_id})
-        rogue.publish("evaluation", Evaluation(
-            round_id=round_id, global_version=1, node_id=boxes[0].node_id, heldout_tokens=10,
-            nll_base=2.0, nll_global=1.0, activated=True,
-        ))
-        rogue.sender.send_artifact("junk", boxes[0].sent[0], [AGGREGATOR],
-                                   meta={"round_id": round_id})
+        rogue.publish(
+            "evaluation",
+            Evaluation(
+                round_id=round_id,
+                global_version=1,
+                node_id=boxes[0].node_id,
+                heldout_tokens=10,
+                nll_base=2.0,
+                nll_global=1.0,
+                activated=True,
+            ),
+        )
+        rogue.sender.send_artifact(
+            "junk", boxes[0].sent[0], [AGGREGATOR], meta={"round_id": round_id}
+        )
         storm.flood(HOSTILE // 2)
         wait_until(lambda: audit_data(audit, "round_aggregated"), "the honest round")
         attacker.replaying = True  # replays of what the honest boxes delivered are refused too
@@ -600,7 +642,9 @@ def test_aggregator_survives_10000_hostile_messages_during_an_honest_round(
 
         assert_every_message_refused(running, service, storm, baseline)
         assert_honest_aggregate(config, service, boxes)
-        wait_until(lambda: all(b.globals for b in boxes), "the global adapter at every box")
+        wait_until(
+            lambda: all(b.received_globals() for b in boxes), "the global adapter at every box"
+        )
         key = load_public_key(layout.root / AGGREGATOR / "keys" / f"{AGGREGATOR}.pub")
         verified = check(audit, key)
         assert verified.signed == verified.head.seq

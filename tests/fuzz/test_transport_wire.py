@@ -11,13 +11,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.federation.codec import CodecSpec
 from appliance.federation.messages import (
     Command,
     Evaluation,
     GlobalPublished,
     RoundAnnouncement,
-    TrainingPlan,
 )
 from appliance.identity import NodeKey, TrustStore, generate_key_pair
 from appliance.transport.rejects import RejectedError
@@ -32,6 +30,7 @@ from appliance.transport.wire import (
     open_envelope,
     seal,
 )
+from tests.federation.plans import training_plan
 from tests.fuzz.mutations import EXAMPLES, hostile, json_values, mutated
 from tests.transport.forge import manifest_for, sealed_text
 
@@ -53,10 +52,7 @@ def _root() -> Path:
 
 KEY, TRUST = _trust(_root())
 OUTSIDER = NodeKey("box-1", Ed25519PrivateKey.generate())
-PLAN = TrainingPlan(
-    rank=4, alpha=8.0, targets=("attn_q",), seed=1, frozen_a=True, learning_rate=0.01,
-    epochs=1, max_steps=0, codec=CodecSpec(),
-)
+PLAN = training_plan()
 MESSAGES: list[WireModel] = [
     manifest_for(KEY, b"x" * 25_000, meta={"round_id": "r1"}),  # type: ignore[list-item]
     Want(artifact_id="a" * 32, sender="agg", receiver="box-1", ranges=((0, 3), (5, 9))),

@@ -2,6 +2,7 @@
 transport node (own outbox, signed envelopes, chunked artifacts), run a round in which one box
 drops out; its late update and a replayed update are refused; forged messages are refused."""
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from appliance.privacy.secagg.session import (
     AggregatorSession,
     BoxSession,
 )
+from appliance.transport.events import ArtifactArrived
 from appliance.transport.node import NodeSettings, TransportNode
-from appliance.transport.receiver import ReceivedArtifact
 from tests.privacy.secagg_support import AGG, FIXED, ROUND, World, deltas, mask_key, world
 from tests.support.mosquitto import Mosquitto
 from tests.transport.conftest import mqtt_settings
@@ -48,19 +49,22 @@ class Fleet:
     def __init__(self, w: World, broker: Mosquitto, tmp_path: Path) -> None:
         self.w, self.broker = w, broker
         self.nodes: list[TransportNode] = []
-        self.agg_node = self._node(w.agg, tmp_path, self._on_artifact)
+        self.agg_node = self._node(w.agg, tmp_path)
         self.agg = AggregatorSession(self.agg_node)
         self.ignored: list[str] = []
         self.boxes: dict[str, BoxSession] = {}
         for key in w.boxes:
-            node = self._node(key, tmp_path, lambda a: None)
+            node = self._node(key, tmp_path)
             self.boxes[key.node_id] = BoxSession(node, AGG)
         for node in self.nodes:
             node.start()
+        self._stopping = threading.Event()
+        self._consumer = threading.Thread(target=self._take_artifacts, daemon=True)
+        self._consumer.start()
         for node in self.nodes:
             node.client.wait_connected(WAIT_S)
 
-    def _node(self, key: NodeKey, tmp_path: Path, on_artifact) -> TransportNode:
+    def _node(self, key: NodeKey, tmp_path: Path) -> TransportNode:
         settings = NodeSettings(
             PLANT,
             mqtt_settings(self.broker),
@@ -68,20 +72,29 @@ class Fleet:
             TransferSettings(),
             tmp_path / f"state-{key.node_id}",
         )
-        node = TransportNode(key, self.w.trust, settings, on_artifact)
+        node = TransportNode(key, self.w.trust, settings)
         self.nodes.append(node)
         return node
 
-    def _on_artifact(self, artifact: ReceivedArtifact) -> None:
-        if artifact.manifest.kind == MASKED_UPDATE:
-            self.agg.on_artifact(artifact)
-        else:
-            self.ignored.append(artifact.manifest.kind)
+    def _take_artifacts(self) -> None:
+        """The aggregator's main loop, as far as this test needs one: pull, hand masked
+        updates to the session, acknowledge."""
+        while not self._stopping.is_set():
+            event = self.agg_node.next_event(timeout_s=0.1)
+            if not isinstance(event, ArtifactArrived):
+                continue
+            if event.manifest.kind == MASKED_UPDATE:
+                self.agg.on_artifact(event)
+            else:
+                self.ignored.append(event.manifest.kind)
+            self.agg_node.acknowledge(event)
 
     def rejected(self, node: TransportNode, reason: str) -> int:
         return node.client.counters.get(f"rejected.{reason}")
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._consumer.join(timeout=5)
         for node in self.nodes:
             node.stop()
 

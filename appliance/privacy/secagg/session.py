@@ -21,8 +21,8 @@ from appliance.privacy.secagg.encoding import Encoded, Layout
 from appliance.privacy.secagg.errors import SecAggError
 from appliance.privacy.secagg.messages import KeySet, MaskKey, ReportingSet, SeedReveal
 from appliance.privacy.secagg.participant import Participant
+from appliance.transport.events import ArtifactArrived
 from appliance.transport.node import TransportNode
-from appliance.transport.receiver import ReceivedArtifact
 from appliance.transport.rejects import RejectedError, record_rejection
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class AggregatorSession:
                 lambda: self.collector is not None and condition(self.collector), timeout_s
             )
 
-    def on_artifact(self, artifact: ReceivedArtifact) -> None:
+    def on_artifact(self, artifact: ArtifactArrived) -> None:
         sender = artifact.manifest.sender
         blob = artifact.path.read_bytes()
         self._guard(MASKED_UPDATE, self._add_masked)(blob, sender)

@@ -1,34 +1,49 @@
-"""The daemons' hooks: what `appliance aggregator run` and `appliance edge run` call so that a
-round announced with `plan.secure_aggregation` is masked end to end.
+"""Secure aggregation as a round protocol (appliance/federation/protocol.py): a round
+announced with `plan.secure_aggregation` is masked end to end.
 
-Aggregator (`SecureRounds`): opens a `Collector` with each secure round, closes and relays the
-key set once every participant's key arrived (or `key_wait_s` passed), checks each masked
-update before the round store keeps it, commits the reporting set when the round closes, and
-hands back the unmasked sum once the seeds of the dropped boxes are in.
+Aggregator (`SecureRounds`): opens a `Collector` when it configures a round, closes and
+relays the key set once every participant's key arrived (or `key_wait_s` passed), admits
+each masked update before the round store keeps it; when the round closes it commits the
+reporting set (phase `committed`), waits for the seeds of the dropped boxes (`revealing`)
+and answers the unmasked sum.
 
 Box (`SecureBox`): publishes its mask key when it joins a secure round, encodes its update to
 the round's fixed point when training ends, and sends it masked as soon as the key set is
 there; commits are answered by `BoxSession` on the transport thread.
 
-State is in memory: an aggregator or a box restarted in the middle of a secure round cannot
-finish it (the round's keys are gone by design); the round is then abandoned at its deadline
-or when `reveal_wait_s` runs out, and the next round starts afresh.
+Keys are in memory (issue 18 persists them): after a restart of the aggregator in the middle
+of a secure round, `finish` fails it ("lost"), and the next round starts afresh; a box
+restarted mid-round never sends its masked update and counts as dropped.
 """
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.config.secure_aggregation import SecureAggregationSettings
-from appliance.federation.messages import RoundAnnouncement, SecureAggregationPlan
+from appliance.federation.audit_events import AggregationFacts
+from appliance.federation.messages import RoundAnnouncement, SecureAggregationPlan, TrainingPlan
+from appliance.federation.protocol import (
+    Aggregated,
+    AggregatorProtocol,
+    BoxProtocol,
+    Failed,
+    LocalUpdate,
+    Outcome,
+    Prepared,
+    RefusedUpdateError,
+    Waiting,
+)
+from appliance.federation.rounds import Round, StoredUpdate
 from appliance.federation.updates import Delta, GlobalAdapter
 from appliance.identity import TrustStore
-from appliance.privacy.secagg.collector import Collector, Phase, UnmaskedSum
-from appliance.privacy.secagg.encoding import Encoded, FixedPoint, Layout, layout_of
+from appliance.privacy.secagg.collector import Collector, Phase, UnmaskedSum, secure_fedavg
+from appliance.privacy.secagg.encoding import Encoded, FixedPoint, Layout, layout_of, layout_size
 from appliance.privacy.secagg.errors import SecAggError
 from appliance.privacy.secagg.messages import ReportingSet
 from appliance.privacy.secagg.participant import Participant
-from appliance.privacy.secagg.session import AggregatorSession, BoxSession
+from appliance.privacy.secagg.session import MASKED_UPDATE, AggregatorSession, BoxSession
 from appliance.transport.node import TransportNode
 
 log = logging.getLogger(__name__)
@@ -38,55 +53,58 @@ def fixed_point_of(plan: SecureAggregationPlan) -> FixedPoint:
     return FixedPoint(plan.value_bound, plan.max_weight)
 
 
-class SecureRounds:
-    """The aggregator's side; does nothing unless `settings.enabled`."""
+class SecureRounds(AggregatorProtocol):
+    """The aggregator's side (built only when `fleet.secure_aggregation.enabled`)."""
+
+    update_kind = MASKED_UPDATE
 
     def __init__(
         self, transport: TransportNode, trust: TrustStore, settings: SecureAggregationSettings
     ) -> None:
         self.settings = settings
         self.trust = trust
-        self.session = AggregatorSession(transport) if settings.enabled else None
+        self.session = AggregatorSession(transport)
         self._opened_at = 0.0
         self._committed_at = 0.0
 
-    def plan(self) -> SecureAggregationPlan | None:
-        """What the round announcement tells the boxes (None when off)."""
-        if self.session is None:
-            return None
+    def _plan(self) -> SecureAggregationPlan:
         s = self.settings
         return SecureAggregationPlan(
             value_bound=s.value_bound, max_weight=s.max_weight, min_reporting=s.min_reporting
         )
 
-    def open(
-        self, round_id: str, participants: tuple[str, ...], base: GlobalAdapter, now: float
-    ) -> None:
-        """Start collecting mask keys for a new round (call before announcing it)."""
-        plan = self.plan()
-        if self.session is None or plan is None:
-            return
+    def configure(
+        self,
+        plan: TrainingPlan,
+        round_id: str,
+        participants: tuple[str, ...],
+        base: GlobalAdapter,
+        now: float,
+    ) -> TrainingPlan:
+        """Start collecting mask keys for the new round (keys may come at once)."""
         if not base.frozen_a:
             raise ValueError("secure aggregation needs a frozen A (training.freeze_a = true)")
+        secure = self._plan()
         collector = Collector(
             round_id,
             participants,
             layout_of(base),
-            fixed_point_of(plan),
+            fixed_point_of(secure),
             self.trust,
-            min_reporting=plan.min_reporting,
+            min_reporting=secure.min_reporting,
         )
         self.session.begin(collector)
         self._opened_at = now
+        return plan.model_copy(update={"secure_aggregation": secure})
 
-    def is_secure(self, round_id: str) -> bool:
-        collector = self.session.collector if self.session else None
-        return collector is not None and collector.round_id == round_id
+    def _collector_of(self, round_id: str) -> Collector | None:
+        collector = self.session.collector
+        return collector if collector is not None and collector.round_id == round_id else None
 
     def tick(self, now: float) -> None:
         """Close and relay the key set when every key is in or the wait is over."""
-        collector = self.session.collector if self.session else None
-        if self.session is None or collector is None or collector.phase is not Phase.KEYS:
+        collector = self.session.collector
+        if collector is None or collector.phase is not Phase.KEYS:
             return
         have = len(collector.keys_received)
         everyone = have == len(collector.participants)
@@ -100,21 +118,56 @@ class SecureRounds:
                 "all keys in" if everyone else "key wait over",
             )
 
-    def check(self, blob: bytes, sender: str, round_id: str) -> int:
-        """Validate and hold a masked update; its weight, or `SecAggError` with the reason."""
-        if self.session is None:
-            raise SecAggError("not_enabled", "secure aggregation is off on this aggregator")
-        if not self.is_secure(round_id):
-            raise SecAggError("wrong_round", f"{round_id} is not the open secure round")
-        self.session.add_masked(blob, sender)
+    def admit(self, blob: bytes, sender: str, round_: Round, base: GlobalAdapter) -> int:
+        """Validate and hold a masked update; its weight."""
+        del base
+        if self._collector_of(round_.round_id) is None:
+            raise RefusedUpdateError(f"wrong_round: {round_.round_id} is not the open secure round")
+        try:
+            self.session.add_masked(blob, sender)
+        except SecAggError as exc:
+            raise RefusedUpdateError(f"{exc.reason}: {exc.detail}") from None
         collector = self.session.collector
         assert collector is not None
         return collector.weight_of(sender)
 
-    def commit(self, round_id: str, now: float) -> ReportingSet:
+    def finish(
+        self, round_: Round, base: GlobalAdapter, updates: Iterable[StoredUpdate], now: float
+    ) -> Outcome:
+        """Commit who reported (phase `committed`), wait for the seed reveals (`revealing`),
+        then unmask the sum."""
+        collector = self._collector_of(round_.round_id)
+        if collector is None:
+            return Failed(f"secure aggregation: lost: no state for {round_.round_id} (restarted?)")
+        try:
+            if collector.phase is not Phase.REVEALS and collector.phase is not Phase.DONE:
+                self._commit(round_.round_id, now)
+            unmasked = self._result(collector, now)
+        except SecAggError as exc:
+            log.error("round %s: secure aggregation failed: %s", round_.round_id, exc)
+            return Failed(f"secure aggregation: {exc.reason}: {exc.detail}")
+        if unmasked is None:
+            missing = collector.missing_reveals()
+            phase = "committed" if len(missing) == len(collector.reported) else "revealing"
+            return Waiting(phase, f"waiting for seed reveals from {', '.join(missing)}")
+        stored = list(updates)
+        dense = 4 * layout_size(layout_of(base))  # what the same B would cost in fp32
+        result = secure_fedavg(base, unmasked)
+        facts = AggregationFacts(
+            participants=tuple(unmasked.reporting),
+            dropped=tuple(unmasked.dropped),
+            update_bytes={u.node_id: len(u.blob) for u in stored},
+            update_dense_fp32_bytes={u.node_id: dense for u in stored},
+            rejected={},
+            update_sha256={u.node_id: u.sha256 for u in stored},
+            strategy=dict(result.report),
+            codec=round_.plan.codec,
+            secure_aggregation=round_.plan.secure_aggregation,
+        )
+        return Aggregated(result, facts)
+
+    def _commit(self, round_id: str, now: float) -> ReportingSet:
         """The round closed: publish who reported; reveals are awaited from now on."""
-        if self.session is None or not self.is_secure(round_id):
-            raise SecAggError("lost", f"no secure-aggregation state for {round_id} (restarted?)")
         commit = self.session.publish_commit()
         self._committed_at = now
         log.info(
@@ -125,12 +178,9 @@ class SecureRounds:
         )
         return commit
 
-    def result(self, now: float) -> UnmaskedSum | None:
+    def _result(self, collector: Collector, now: float) -> UnmaskedSum | None:
         """The unmasked sum once every needed seed is in; None while waiting; `SecAggError`
         when the wait is over (a reporting box went silent) or unmasking fails."""
-        assert self.session is not None
-        collector = self.session.collector
-        assert collector is not None
         if collector.phase is Phase.DONE:
             return self.session.unmask()
         if now - self._committed_at >= self.settings.reveal_wait_s:
@@ -146,8 +196,10 @@ class _Pending:
     layout: Layout
 
 
-class SecureBox:
+class SecureBox(BoxProtocol):
     """A box's side: one round at a time."""
+
+    update_kind = MASKED_UPDATE
 
     def __init__(self, transport: TransportNode, aggregator_id: str) -> None:
         self.transport = transport
@@ -160,7 +212,7 @@ class SecureBox:
         """Publish this box's mask key for a secure round it is about to train for."""
         plan = round_.plan.secure_aggregation
         if plan is None:
-            return
+            raise ValueError(f"round {round_.round_id} is not a secure round")
         participant = Participant(
             self.transport.key,
             self.transport.trust,
@@ -172,25 +224,20 @@ class SecureBox:
             self._pending = None
         self.session.join(participant)
 
-    def submit(
-        self,
-        round_: RoundAnnouncement,
-        deltas: dict[str, Delta],
-        sample_count: int,
-        base: GlobalAdapter,
-    ) -> tuple[dict[str, Delta], Encoded]:
+    def prepare(self, round_: RoundAnnouncement, local: LocalUpdate) -> Prepared:
         """Encode the update to the round's fixed point; it is sent masked once the key set is
-        here (`tick`). Returns what the aggregator will credit (for error feedback)."""
+        here (`tick`). Credited is what the aggregator will reconstruct (error feedback).
+        DP claims are not sent in a masked update (no header the aggregator can read)."""
         plan = round_.plan.secure_aggregation
         if plan is None:
             raise ValueError(f"round {round_.round_id} is not a secure round")
-        fixed, layout = fixed_point_of(plan), layout_of(base)
-        encoded = fixed.encode(deltas, layout, sample_count)
+        fixed, layout = fixed_point_of(plan), layout_of(local.base)
+        encoded = fixed.encode(local.deltas, layout, local.sample_count)
         with self._lock:
             self._pending = _Pending(round_.round_id, encoded, layout)
         self.tick()
         credited = {name: Delta(None, b) for name, b in fixed.reconstruct(encoded, layout).items()}
-        return credited, encoded
+        return Prepared(credited, None)
 
     def tick(self) -> None:
         """Send the pending masked update if the round's key set has arrived."""
