@@ -30,8 +30,9 @@ from appliance.config.mqtt import MqttSettings
 from appliance.config.transfer import OutboxSettings, TransferSettings
 from appliance.identity import NodeKey, TrustStore, generate_key_pair
 from appliance.transport.client import MqttClient
+from appliance.transport.events import ArtifactArrived
 from appliance.transport.outbox import Outbox
-from appliance.transport.receiver import ReceivedArtifact, Receiver
+from appliance.transport.receiver import Receiver
 from appliance.transport.sender import Sender
 from appliance.transport.topics import Topics
 from tests.support.mosquitto import Mosquitto
@@ -135,7 +136,7 @@ class Pair:
             client.start()
             client.wait_connected(30)
 
-    def _received(self, artifact: ReceivedArtifact) -> None:
+    def _received(self, artifact: ArtifactArrived) -> None:
         self.sha256 = artifact.manifest.sha256
         self.done.set()
 

@@ -357,9 +357,11 @@ class AggregatorService:
             detail = f"signed by {signer} but claims to be from {evaluation.node_id}"
             self._count_rejection("evaluation", signer, "claims_other_node", detail)
             return
+        # rollout first (it keeps one report per box and version): a crash between the two
+        # re-delivers the message, and the audit line is then written once
+        self.rollout.take(evaluation, time.time())
         received = EvaluationReceived.of(evaluation)
-        if self.audit.append_event_once(received, "node_id", "round_id", "global_version"):
-            self.rollout.take(evaluation, time.time())  # a second delivery changes nothing
+        self.audit.append_event_once(received, "node_id", "round_id", "global_version")
 
     def _count_rejection(self, what: str, sender: str, reason: str, detail: str) -> None:
         """Log and count a refusal the transport could not see (it passed its checks)."""

@@ -48,7 +48,7 @@ class AggregatorLayout:
 
     @property
     def inbox_dir(self) -> Path:
-        """Updates handed over by the transport, not yet in the round store."""
+        """Where an older version handed updates over (taken once at start, then unused)."""
         return self.state_dir / "updates"
 
     @property

@@ -216,8 +216,8 @@ class EdgeService:
         while self._legacy_handovers:
             path = self._legacy_handovers.pop(0)
             round_id = incoming_round_id(path)
-            self._guarded("global", partial(self._take_global, path, round_id))
-            path.unlink(missing_ok=True)
+            if self._guarded("global", partial(self._take_global, path, round_id)):
+                path.unlink(missing_ok=True)  # else kept: tried again at the next start
 
     def handle(self, event: InboundEvent) -> None:
         """Take one inbound event (the step pulls them from the transport). A delivered

@@ -58,6 +58,27 @@ CREATE TABLE IF NOT EXISTS updates (
 """
 
 
+ROUND_COLUMNS = (
+    "round_id",
+    "seq",
+    "global_version",
+    "plan",
+    "participants",
+    "min_updates",
+    "min_updates_at_deadline",
+    "deadline_s",
+    "opened_at",
+    "deadline",
+    "extended",
+    "state",
+    "closed_at",
+    "close_reason",
+    "result_version",
+    "published_at",
+    "phase",
+)
+"""The columns `_round` reads, in its order."""
+
 MIGRATIONS = (
     # stores written before rounds were finished in recorded steps: what was aggregated then
     # was published in the same step
@@ -153,6 +174,10 @@ class RoundStore:
         self._db = open_db(path, read_only=read_only, schema=None if read_only else SCHEMA)
         if not read_only:
             self._migrate()
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
+        # a read-only open of a store an older version wrote (not migrated) reads the
+        # columns it lacks as NULL
+        self._columns = ", ".join(c if c in present else f"NULL AS {c}" for c in ROUND_COLUMNS)
 
     def _migrate(self) -> None:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(rounds)")}
@@ -190,19 +215,25 @@ class RoundStore:
 
     def get(self, round_id: str) -> Round:
         """A round by id (`KeyError` if unknown)."""
-        row = self._db.execute("SELECT * FROM rounds WHERE round_id = ?", (round_id,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {self._columns} FROM rounds WHERE round_id = ?", (round_id,)
+        ).fetchone()
         if row is None:
             raise KeyError(round_id)
         return _round(row)
 
     def current(self) -> Round | None:
         """The open round, if any."""
-        row = self._db.execute("SELECT * FROM rounds WHERE state = 'open'").fetchone()
+        row = self._db.execute(
+            f"SELECT {self._columns} FROM rounds WHERE state = 'open'"
+        ).fetchone()
         return _round(row) if row else None
 
     def latest(self) -> Round | None:
         """The most recent round in any state."""
-        row = self._db.execute("SELECT * FROM rounds ORDER BY seq DESC LIMIT 1").fetchone()
+        row = self._db.execute(
+            f"SELECT {self._columns} FROM rounds ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
         return _round(row) if row else None
 
     def offer(self, round_id: str, update: StoredUpdate, now: float) -> Offer:
@@ -277,7 +308,7 @@ class RoundStore:
         """Closed rounds whose global adapter is not yet recorded or not yet queued for the
         boxes (a crash stopped them half-way), oldest first."""
         rows = self._db.execute(
-            "SELECT * FROM rounds WHERE state = 'closed'"
+            f"SELECT {self._columns} FROM rounds WHERE state = 'closed'"
             " OR (state = 'aggregated' AND published_at IS NULL) ORDER BY seq"
         )
         return [_round(r) for r in rows]
@@ -336,7 +367,7 @@ class RoundStore:
     def history(self) -> list[tuple[Round, float | None]]:
         """Every round, oldest first, with when it closed (None while open). `Round` leaves
         the close time out: only the report, which shows how long rounds took, needs it."""
-        rows = self._db.execute("SELECT *, closed_at FROM rounds ORDER BY seq")
+        rows = self._db.execute(f"SELECT {self._columns}, closed_at FROM rounds ORDER BY seq")
         return [(_round(row[:-1]), row[-1]) for row in rows]
 
     def arrivals(self) -> dict[tuple[str, str], tuple[int, float]]:

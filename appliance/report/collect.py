@@ -17,6 +17,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.config.layouts import AggregatorLayout
 from appliance.errors import ApplianceError
 from appliance.federation.audit import AuditError, read_events
 from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
@@ -105,12 +106,13 @@ class ReportData:
 
 def collect(state_dir: Path, plant: str) -> ReportData:
     """Read the aggregator's records in `state_dir`."""
-    rounds_db = state_dir / "rounds.sqlite"
+    layout = AggregatorLayout(state_dir)
+    rounds_db = layout.rounds_db
     if not rounds_db.exists():
         raise ReportError(f"no round store at {rounds_db}; has the aggregator run yet?")
     rounds, updates = _read_round_store(rounds_db)
-    aggregated, evaluations = _read_audit(state_dir / "audit.jsonl")
-    stages = _read_rollouts(state_dir / "rollout.sqlite")
+    aggregated, evaluations = _read_audit(layout.audit_log)
+    stages = _read_rollouts(layout.rollout_db)
     boxes = sorted(
         {b for r in rounds for b in r.invited} | {e.node_id for e in evaluations.values()}
     )
@@ -135,7 +137,7 @@ def collect(state_dir: Path, plant: str) -> ReportData:
                 cell.task_records, cell.activated = evaluation.task_records, evaluation.activated
                 cell.bytes_down = row.global_bytes
             cells.append(cell)
-    _add_energy(state_dir / "fleet-health.sqlite", rounds, updates, cells)
+    _add_energy(layout.fleet_health_db, rounds, updates, cells)
     return ReportData(plant, boxes, rounds, cells)
 
 

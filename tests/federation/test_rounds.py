@@ -220,6 +220,38 @@ OLD_FLAT_PLAN = {
 }
 
 
+def test_a_report_reads_a_store_an_older_version_wrote_without_migrating_it(
+    tmp_path: Path,
+) -> None:
+    """`appliance report` opens the round store read-only, so it cannot migrate it: the
+    columns an old store lacks read as None."""
+    db = tmp_path / "rounds.sqlite"
+    old = SCHEMA.replace(
+        ",\n    result_version INTEGER,\n    published_at REAL,\n    phase TEXT", ""
+    )
+    with sqlite3.connect(db) as conn:
+        conn.executescript(old)
+        conn.execute(
+            "INSERT INTO rounds VALUES ('r1', 1, 0, ?, '[\"box0\"]', 1, 1, 60, 0, 60, 0,"
+            " 'aggregated', 5, '1 updates arrived')",
+            (json.dumps(OLD_FLAT_PLAN),),
+        )
+    reader = RoundStore(db, read_only=True)
+    try:
+        ((round_, closed_at),) = reader.history()
+        assert (round_.round_id, round_.phase, round_.published_at, closed_at) == (
+            "r1",
+            None,
+            None,
+            5,
+        )
+        assert round_.plan.lora.rank == 8
+    finally:
+        reader.close()
+    with sqlite3.connect(db) as conn:  # and nothing was written to it
+        assert "phase" not in {row[1] for row in conn.execute("PRAGMA table_info(rounds)")}
+
+
 def test_a_closed_round_keeps_its_protocol_phase(tmp_path: Path) -> None:
     """A secure round's committed/revealing phase is in the store (so status and a restart
     see it); it can only be set on a closed round and is kept with it."""

@@ -141,7 +141,7 @@ def test_operator_fleet_rollback_pin_and_unpin(rollout: Rollout, tmp_path: Path)
         Command(action="pin", nodes=("box-3",), global_version=1),
         Command(action="rollback", nodes=FLEET, global_version=1),
         Command(action="unpin", nodes=("box-3",)),
-        Command(action="rollback", nodes=("box-2",)),
+        Command(action="rollback", nodes=("box-2",), command_id=4),  # carried out once by id
     ]
     assert sent.globals == [(1, "r1-a", ("box-3",))]  # the pinned box gets the file it needs
     assert store.get(2).stage == Stage.ROLLED_BACK  # type: ignore[union-attr]
