@@ -32,7 +32,13 @@ from pydantic import (
 
 from appliance.errors import ApplianceError
 from appliance.federation.codec import CodecSpec
-from appliance.federation.messages import SHA256, Evaluation, SecureAggregationPlan, TrainingPlan
+from appliance.federation.messages import (
+    SHA256,
+    Evaluation,
+    SecureAggregationPlan,
+    TrainingPlan,
+    TrainingPlanV1,
+)
 from appliance.federation.privacy_claim import DpReport
 
 Sha256 = Annotated[str, Field(pattern=SHA256)]
@@ -56,25 +62,6 @@ class _Event(_Closed):
 
 
 # -- rounds ------------------------------------------------------------------------------------
-
-
-class TrainingPlanV1(_Closed):
-    """A round plan as v1 announcements carried it, and as older logs hold it: the LoRA
-    shape's fields flat, with `frozen_a` (v2, `TrainingPlan`, nests them in `lora`)."""
-
-    rank: int = Field(ge=1, le=256, description="LoRA rank.")
-    alpha: float = Field(gt=0, description="LoRA alpha.")
-    targets: tuple[str, ...] = Field(min_length=1, description="Adapted weights in a block.")
-    top_layers: int = Field(default=0, ge=0, description="Adapt only the top N blocks (0: all).")
-    seed: int = Field(ge=0, description="Seed of A and of the shuffling.")
-    frozen_a: bool = Field(description="A derived from the seed, only B trained.")
-    learning_rate: float = Field(gt=0, le=1, description="Learning rate.")
-    epochs: int = Field(ge=1, description="Passes over the box's records.")
-    max_steps: int = Field(ge=0, description="Cap on optimiser steps (0: none).")
-    codec: CodecSpec = Field(description="How updates are coded.")
-    secure_aggregation: SecureAggregationPlan | None = Field(
-        default=None, description="Mask the update (None: a plain signed update)."
-    )
 
 
 def _plan_version(plan: object) -> str:

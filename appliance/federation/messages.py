@@ -48,6 +48,44 @@ class TrainingPlan(Message):
         return "plain" if self.secure_aggregation is None else "secure"
 
 
+class TrainingPlanV1(Message):
+    """A round plan as v1 announcements carried it, and as older logs hold it: the LoRA
+    shape's fields flat, with `frozen_a` (v2, `TrainingPlan`, nests them in `lora`)."""
+
+    rank: int = Field(ge=1, le=256, description="LoRA rank.")
+    alpha: float = Field(gt=0, description="LoRA alpha.")
+    targets: tuple[str, ...] = Field(min_length=1, description="Adapted weights in a block.")
+    top_layers: int = Field(default=0, ge=0, description="Adapt only the top N blocks (0: all).")
+    seed: int = Field(ge=0, description="Seed of A and of the shuffling.")
+    frozen_a: bool = Field(description="A derived from the seed, only B trained.")
+    learning_rate: float = Field(gt=0, le=1, description="Learning rate.")
+    epochs: int = Field(ge=1, description="Passes over the box's records.")
+    max_steps: int = Field(ge=0, description="Cap on optimiser steps (0: none).")
+    codec: CodecSpec = Field(description="How updates are coded.")
+    secure_aggregation: SecureAggregationPlan | None = Field(
+        default=None, description="Mask the update (None: a plain signed update)."
+    )
+
+    def upgraded(self) -> TrainingPlan:
+        """The same plan in the v2 shape."""
+        lora = LoraSpec(
+            rank=self.rank,
+            alpha=self.alpha,
+            targets=list(self.targets),
+            top_layers=self.top_layers,
+            seed=self.seed,
+            freeze_a=self.frozen_a,
+        )
+        return TrainingPlan(
+            lora=lora,
+            learning_rate=self.learning_rate,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            codec=self.codec,
+            secure_aggregation=self.secure_aggregation,
+        )
+
+
 class RoundAnnouncement(Message):
     """The aggregator opens a round (kind `round`). v2: the plan's LoRA shape is one
     `lora` object (v1 had its fields flat, with `frozen_a`)."""

@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from appliance.federation.messages import TrainingPlan
+from appliance.federation.messages import TrainingPlan, TrainingPlanV1
 from appliance.system.sqlite import open_db
 
 SCHEMA = """
@@ -377,55 +377,31 @@ class RoundStore:
         return {(round_id, node): (size, at) for round_id, node, size, at in rows}
 
 
-LORA_FIELDS = ("rank", "alpha", "targets", "top_layers", "seed")
-
-
 def stored_plan(text: str) -> TrainingPlan:
     """A round's plan as stored; plans written before the LoRA shape became one object
     (flat `rank` ... `frozen_a`) are read in the new shape."""
-    raw = json.loads(text)
-    if "lora" not in raw and "rank" in raw:
-        lora = {name: raw.pop(name) for name in LORA_FIELDS if name in raw}
-        lora["freeze_a"] = raw.pop("frozen_a")
-        raw["lora"] = lora
-    return TrainingPlan.model_validate_json(json.dumps(raw))
+    if "lora" in json.loads(text):
+        return TrainingPlan.model_validate_json(text)
+    return TrainingPlanV1.model_validate_json(text).upgraded()
 
 
 def _round(row: tuple[Any, ...]) -> Round:
-    (
-        round_id,
-        seq,
-        version,
-        plan,
-        participants,
-        min_updates,
-        at_deadline,
-        deadline_s,
-        opened_at,
-        deadline,
-        extended,
-        state,
-        _closed_at,
-        reason,
-        result_version,
-        published_at,
-        phase,
-    ) = row
+    values = dict(zip(ROUND_COLUMNS, row, strict=True))
     return Round(
-        round_id,
-        seq,
-        version,
-        stored_plan(plan),
-        tuple(json.loads(participants)),
-        min_updates,
-        at_deadline,
-        deadline_s,
-        opened_at,
-        deadline,
-        bool(extended),
-        RoundState(state),
-        reason,
-        result_version,
-        published_at,
-        phase,
+        round_id=values["round_id"],
+        seq=values["seq"],
+        global_version=values["global_version"],
+        plan=stored_plan(values["plan"]),
+        participants=tuple(json.loads(values["participants"])),
+        min_updates=values["min_updates"],
+        min_updates_at_deadline=values["min_updates_at_deadline"],
+        deadline_s=values["deadline_s"],
+        opened_at=values["opened_at"],
+        deadline=values["deadline"],
+        extended=bool(values["extended"]),
+        state=RoundState(values["state"]),
+        close_reason=values["close_reason"],
+        result_version=values["result_version"],
+        published_at=values["published_at"],
+        phase=values["phase"],
     )

@@ -16,11 +16,10 @@ from appliance.federation.audit_events import (
     RoundAggregated,
     RoundFailed,
     RoundOpened,
-    TrainingPlanV1,
     parse_as,
     parse_event,
 )
-from appliance.federation.messages import Evaluation, TrainingPlan
+from appliance.federation.messages import Evaluation, TrainingPlan, TrainingPlanV1
 
 SHA = "ab" * 32
 CODEC = {"values": "int8", "block": 64, "top_k_fraction": None, "compression": "zstd"}
