@@ -13,7 +13,7 @@ from pathlib import Path
 from appliance.config.roles import AggregatorConfig
 from appliance.errors import ApplianceError
 from appliance.identity import TrustStore
-from appliance.rollout.store import STORE_FILE, CommandRow, RolloutStore
+from appliance.rollout.store import CommandRow, RolloutStore
 
 
 class OperatorError(ApplianceError):
@@ -22,7 +22,7 @@ class OperatorError(ApplianceError):
 
 def store_path(config: AggregatorConfig) -> Path:
     """Where the aggregator keeps its rollout state."""
-    return config.paths.state_dir / STORE_FILE
+    return config.layout.rollout_db
 
 
 def fleet_boxes(config: AggregatorConfig) -> tuple[str, ...]:
@@ -38,9 +38,11 @@ def queue_request(
     config: AggregatorConfig, action: str, box: str | None, version: int | None
 ) -> CommandRow:
     """Check and queue one request; returns it as stored."""
-    state_dir = config.paths.state_dir
-    if not (state_dir / "rounds.sqlite").exists():
-        raise OperatorError(f"no aggregator state in {state_dir}; has the aggregator run yet?")
+    layout = config.layout
+    if not layout.rounds_db.exists():
+        raise OperatorError(
+            f"no aggregator state in {layout.state_dir}; has the aggregator run yet?"
+        )
     if box is not None and box not in fleet_boxes(config):
         raise OperatorError(
             f"unknown box {box!r}; the fleet is {', '.join(fleet_boxes(config)) or 'empty'}"
@@ -58,8 +60,7 @@ def queue_request(
 def _check_version(config: AggregatorConfig, store: RolloutStore, version: int) -> None:
     if version < 0:
         raise OperatorError(f"version must be 0 or more (got {version})")
-    path = config.paths.state_dir / "globals" / f"global-v{version}.gguf"
-    if not path.exists():
+    if not config.layout.global_adapter(version).exists():
         raise OperatorError(f"global adapter v{version} does not exist on the aggregator")
     row = store.get(version)
     if row is not None and version in store.blocked():

@@ -25,11 +25,9 @@ from appliance.telemetry.freshness import (
 )
 from appliance.telemetry.store import FleetStore
 
-STORE_FILE = "fleet-health.sqlite"
-
 
 def store_path(config: AggregatorConfig) -> Path:
-    return config.paths.state_dir / STORE_FILE
+    return config.layout.fleet_health_db
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.config.layouts import AggregatorLayout
 from appliance.demo.broker import start_broker
 from appliance.demo.fleet import AGGREGATOR, FleetOptions, lay_out
 from appliance.demo.run import TINY_TRAINING, spawn_node, stop_process
@@ -13,7 +14,6 @@ from appliance.federation.audit import check
 from appliance.identity import load_public_key
 from appliance.llm.tiny import make_tiny_model
 from appliance.privacy.accountant import Release, epsilon
-from appliance.telemetry.fleet import STORE_FILE
 from appliance.telemetry.metrics import DP_EPSILON_SPENT
 from appliance.telemetry.store import FleetStore
 from tests.federation.test_end_to_end import audit_records, wait_until
@@ -75,7 +75,7 @@ def test_a_box_refuses_the_round_that_would_exceed_its_budget(tmp_path: Path) ->
         opened = audit_records(layout.audit_log, "round_opened")
         assert len(opened) == 2
         assert ledger["releases"][0]["round_id"] == opened[0]["round_id"]
-        store_file = layout.state_dir(AGGREGATOR) / STORE_FILE
+        store_file = AggregatorLayout(layout.state_dir(AGGREGATOR)).fleet_health_db
         wait_until(  # 0.0 before the first update, then the epsilon of one release
             lambda: dp_metric(store_file, box) == pytest.approx(one, rel=1e-6),
             "the box's epsilon metric at the host",
