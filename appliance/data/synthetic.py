@@ -5,12 +5,21 @@ causes, standard actions), but each has its own machines and alarm codes: the bo
 are related and not identically distributed, which is the situation federated learning is
 for. Within a line, an alarm code determines its cause and action, so the records are
 learnable; the seed makes every run identical.
+
+The plant also has equipment every line depends on (utilities, conveyors, compressed air)
+with one alarm table for the whole plant. Each line sits next to one of these groups and
+sees its alarms often; the other groups' alarms reach it only rarely, while another line
+sees them every week. That is the honest case for federating: each box alone knows its own
+codes and its group's well, and only the plant as a whole knows every shared alarm. A box
+scored on a plant-wide question set (see appliance/edge/plant_set.py) shows what the global
+adapter knows that its local one cannot.
 """
 
 import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 CAUSES = (
     ("worn bearing", "replace the bearing and check shaft alignment"),
@@ -35,21 +44,103 @@ SYMPTOMS = (
 
 
 @dataclass(frozen=True)
-class ProductionLine:
-    """A line's own vocabulary: name, machines and alarm-code prefix."""
+class SharedGroup:
+    """Plant equipment every line depends on, with its own failure causes."""
 
     name: str
     machines: tuple[str, ...]
     alarm_prefix: str
+    causes: tuple[tuple[str, str], ...]
+
+
+SHARED_GROUPS = (
+    SharedGroup(
+        "utilities",
+        ("main switchboard E1", "chiller E2"),
+        "UT",
+        (
+            ("phase loss on the supply", "reset the feeder breaker and check the supply phases"),
+            ("chilled water too warm", "clean the chiller condenser and check the refrigerant"),
+            ("tripped earth-leakage relay", "find the leaking circuit with an insulation test"),
+            ("low supply voltage", "check the transformer tap and the supply contactor"),
+        ),
+    ),
+    SharedGroup(
+        "conveyors",
+        ("transfer conveyor T1", "accumulation table T2"),
+        "CV",
+        (
+            ("jammed transfer roller", "clear the jam and check the roller bearings"),
+            ("slipping conveyor belt", "clean the drive drum and re-tension the belt"),
+            ("dirty photo-eye", "clean the photo-eye and test the zone"),
+            ("worn gearbox seal", "replace the gearbox seal and refill the oil"),
+        ),
+    ),
+    SharedGroup(
+        "compressed air",
+        ("air compressor A1", "air dryer A2"),
+        "CA",
+        (
+            ("air leak at a fitting", "replace the fitting and leak-test the header"),
+            ("wet compressed air", "drain the separator and check the dryer"),
+            ("blocked intake filter", "replace the compressor intake filter"),
+            ("stuck relief valve", "free the relief valve and check its set point"),
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ProductionLine:
+    """A line's own vocabulary: name, machines, alarm-code prefix, and the plant-wide group
+    (a `SHARED_GROUPS` name) whose alarms it sees often."""
+
+    name: str
+    machines: tuple[str, ...]
+    alarm_prefix: str
+    shared_group: str
 
 
 LINES = (
-    ProductionLine("packaging", ("wrapper W1", "labeller L2", "case packer C3"), "PK"),
-    ProductionLine("stamping", ("press P4", "coil feeder F5", "die changer D6"), "ST"),
-    ProductionLine("moulding", ("injection unit M7", "mould heater H8", "robot arm R9"), "MO"),
-    ProductionLine("assembly", ("screw station S1", "conveyor K2", "vision cell V3"), "AS"),
-    ProductionLine("painting", ("spray booth B5", "oven O6", "mixer X7"), "PT"),
+    ProductionLine(
+        "packaging", ("wrapper W1", "labeller L2", "case packer C3"), "PK", "conveyors"
+    ),
+    ProductionLine(
+        "stamping", ("press P4", "coil feeder F5", "die changer D6"), "ST", "compressed air"
+    ),
+    ProductionLine(
+        "moulding", ("injection unit M7", "mould heater H8", "robot arm R9"), "MO", "utilities"
+    ),
+    ProductionLine(
+        "assembly", ("screw station S1", "conveyor K2", "vision cell V3"), "AS", "conveyors"
+    ),
+    ProductionLine(
+        "painting", ("spray booth B5", "oven O6", "mixer X7"), "PT", "compressed air"
+    ),
 )
+
+OWN_SHARE = 0.6
+"""Share of a line's records about its own machines' alarms."""
+GROUP_SHARE = 0.32
+"""Share about its plant-wide group's alarms; the rest (8 %) about the other groups' (rare)."""
+
+
+class Alarm(NamedTuple):
+    """What an alarm code means: on which machine, the cause, and the action."""
+
+    code: str
+    machine: str
+    cause: str
+    action: str
+
+
+@dataclass(frozen=True)
+class LineAlarms:
+    """The alarms one line sees: its own, its group's (common) and the others' (rare)."""
+
+    own: tuple[Alarm, ...]
+    common: tuple[Alarm, ...]
+    rare: tuple[Alarm, ...]
 
 
 def line_for(box_index: int) -> ProductionLine:
@@ -57,13 +148,54 @@ def line_for(box_index: int) -> ProductionLine:
     return LINES[box_index % len(LINES)]
 
 
-def maintenance_records(line: ProductionLine, count: int, seed: int = 0) -> list[dict[str, str]]:
-    """`count` records of one line: prompt/completion pairs and free-text log entries."""
+def plant_alarms(plant_seed: int = 0) -> dict[str, tuple[Alarm, ...]]:
+    """The plant-wide alarm table, per shared group: the same codes and meanings on every
+    line (it depends on the plant, never on a line or a record seed)."""
+    table = {}
+    for number, group in enumerate(SHARED_GROUPS):
+        rng = random.Random(f"plant{plant_seed}:{group.name}")
+        table[group.name] = tuple(
+            Alarm(
+                f"{group.alarm_prefix}-{200 + 40 * number + 7 * n + rng.randrange(7)}",
+                rng.choice(group.machines),
+                cause,
+                action,
+            )
+            for n, (cause, action) in enumerate(group.causes)
+        )
+    return table
+
+
+def line_alarms(line: ProductionLine, plant_seed: int = 0) -> LineAlarms:
+    """A line's alarm codes: its own table (each line maps codes to machines and causes in
+    its own way) and the plant's shared tables split into its group and the others."""
+    rng = random.Random(f"plant{plant_seed}:{line.name}")
+    own = tuple(
+        Alarm(
+            f"{line.alarm_prefix}-{100 + 7 * number + rng.randrange(7)}",
+            rng.choice(line.machines),
+            cause,
+            action,
+        )
+        for number, (cause, action) in enumerate(CAUSES)
+    )
+    shared = plant_alarms(plant_seed)
+    rare = tuple(a for name, alarms in shared.items() if name != line.shared_group for a in alarms)
+    return LineAlarms(own, shared[line.shared_group], rare)
+
+
+def maintenance_records(
+    line: ProductionLine, count: int, seed: int = 0, *, plant_seed: int = 0
+) -> list[dict[str, str]]:
+    """`count` records of one line: prompt/completion pairs and free-text log entries.
+
+    `seed` picks the records; the alarm tables come from `plant_seed` only, so records of
+    the same line drawn with other seeds (held-out or evaluation data) mean the same."""
     rng = random.Random(f"{seed}:{line.name}")
-    alarms = _alarm_table(line, rng)
+    alarms = line_alarms(line, plant_seed)
     records = []
     for i in range(count):
-        code, machine, cause, action = alarms[rng.randrange(len(alarms))]
+        code, machine, cause, action = _pick(alarms, rng)
         symptom = rng.choice(SYMPTOMS)
         if i % 2 == 0:
             records.append(
@@ -85,17 +217,18 @@ def maintenance_records(line: ProductionLine, count: int, seed: int = 0) -> list
     return records
 
 
+def _pick(alarms: LineAlarms, rng: random.Random) -> Alarm:
+    """One alarm: own codes most often, the line's group next, the other groups rarely."""
+    draw = rng.random()
+    if draw < OWN_SHARE:
+        return rng.choice(alarms.own)
+    if draw < OWN_SHARE + GROUP_SHARE:
+        return rng.choice(alarms.common)
+    return rng.choice(alarms.rare)
+
+
 def _date(rng: random.Random) -> str:
     return f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
-
-
-def _alarm_table(line: ProductionLine, rng: random.Random) -> list[tuple[str, str, str, str]]:
-    """Each line maps its alarm codes to machines and causes in its own way."""
-    table = []
-    for number, (cause, action) in enumerate(CAUSES):
-        code = f"{line.alarm_prefix}-{100 + 7 * number + rng.randrange(7)}"
-        table.append((code, rng.choice(line.machines), cause, action))
-    return table
 
 
 def write_jsonl(path: Path, records: list[dict[str, str]]) -> Path:

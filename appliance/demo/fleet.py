@@ -1,13 +1,23 @@
-"""Lay out a demo plant in a directory: keys, trust, configs and each box's plant data."""
+"""Lay out a demo plant in a directory: keys, trust, configs and each box's plant data.
 
+Besides each box's spool the demo writes a plant evaluation set: questions from every line
+that no box trains on (records drawn past the end of each spool). The aggregator publishes
+it to every box, and each box scores the base model, its local adapter and the global one on
+it, which shows what federating buys: a local adapter knows its own line, the global one
+the plant.
+"""
+
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.data.synthetic import line_for, maintenance_records, write_jsonl
+from appliance.data.synthetic import LINES, line_for, maintenance_records, write_jsonl
 from appliance.identity import generate_key_pair
 
 AGGREGATOR = "aggregator"
 PLANT = "demo-plant"
+PLANT_SET_PER_LINE = 8
+"""Records of each line in the plant evaluation set (half of them prompt/completion)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,11 @@ class FleetLayout:
     @property
     def audit_log(self) -> Path:
         return self.state_dir(AGGREGATOR) / "audit.jsonl"
+
+    @property
+    def plant_set(self) -> Path:
+        """The plant evaluation set the aggregator publishes."""
+        return self.root / AGGREGATOR / "plant-set.jsonl"
 
 
 @dataclass(frozen=True)
@@ -52,9 +67,34 @@ def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
         (trust / public.name).write_bytes(public.read_bytes())
         layout.config(node).write_text(_config(layout, node, private, trust, options))
     for index, box in enumerate(boxes):
-        records = maintenance_records(line_for(index), options.records_per_box, seed=index)
+        records = box_records(index, options.records_per_box)
         write_jsonl(layout.root / box / "spool" / "plant-data.jsonl", records)
+    write_jsonl(layout.plant_set, plant_set_records(options.boxes, options.records_per_box))
     return layout
+
+
+def box_records(index: int, count: int) -> list[dict[str, str]]:
+    """The n-th box's plant data: its line's records, drawn with its index as seed."""
+    return maintenance_records(line_for(index), count, seed=index)
+
+
+def plant_set_records(
+    boxes: int, spool_records: int, per_line: int = PLANT_SET_PER_LINE
+) -> list[dict[str, str]]:
+    """`per_line` held-out records of every line the boxes run: drawn after the end of the
+    line's first spool (the same seed goes on), skipping any record a spool holds verbatim,
+    so no box has trained on a question of the set."""
+    spooled = {
+        json.dumps(record, sort_keys=True)
+        for index in range(boxes)
+        for record in box_records(index, spool_records)
+    }
+    chosen: list[dict[str, str]] = []
+    for index in range(min(boxes, len(LINES))):
+        beyond = box_records(index, spool_records + 4 * per_line)[spool_records:]
+        fresh = [r for r in beyond if json.dumps(r, sort_keys=True) not in spooled]
+        chosen += fresh[:per_line]
+    return chosen
 
 
 def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: FleetOptions) -> str:
