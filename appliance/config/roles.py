@@ -13,6 +13,7 @@ from appliance.config.logs import LoggingSettings
 from appliance.config.model import ModelSettings
 from appliance.config.mqtt import MqttSettings
 from appliance.config.privacy import PrivacySettings
+from appliance.config.roi import RoiSettings
 from appliance.config.rollout import EvaluationSettings, RolloutSettings
 from appliance.config.rounds import RoundSettings
 from appliance.config.serve import ServeSettings
@@ -100,6 +101,11 @@ class AggregatorConfig(Section):
         default_factory=FleetHealthSettings, description="Fleet health, alerts, Prometheus."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    roi: RoiSettings | None = Field(
+        default=None,
+        description="Prices for `appliance report`'s return on investment (optional; "
+        "without it the report shows the gains only).",
+    )
 
     @property
     def layout(self) -> AggregatorLayout:

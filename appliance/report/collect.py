@@ -49,9 +49,19 @@ class Cell:
     nll_local: float | None = None
     nll_global: float | None = None
     task_base: float | None = None
+    task_local: float | None = None
     task_global: float | None = None
     task_records: int | None = None
     activated: bool | None = None
+    plant_set_sha256: str | None = None
+    plant_tokens: int | None = None
+    plant_nll_base: float | None = None
+    plant_nll_local: float | None = None
+    plant_nll_global: float | None = None
+    plant_task_records: int | None = None
+    plant_task_base: float | None = None
+    plant_task_local: float | None = None
+    plant_task_global: float | None = None
 
     @property
     def nll_gain(self) -> float | None:
@@ -66,6 +76,20 @@ class Cell:
         if self.task_base is None or self.task_global is None:
             return None
         return self.task_global - self.task_base
+
+    @property
+    def plant_nll_gain(self) -> float | None:
+        """Held-out NLL the global adapter saves on the plant-wide evaluation set."""
+        if self.plant_nll_base is None or self.plant_nll_global is None:
+            return None
+        return self.plant_nll_base - self.plant_nll_global
+
+    @property
+    def plant_task_gain(self) -> float | None:
+        """Exact-match rate the global adapter adds on the plant-wide evaluation set."""
+        if self.plant_task_base is None or self.plant_task_global is None:
+            return None
+        return self.plant_task_global - self.plant_task_base
 
 
 @dataclass
@@ -131,14 +155,27 @@ def collect(state_dir: Path, plant: str) -> ReportData:
             cell.bytes_up = size
             evaluation = evaluations.get((row.round_id, box))
             if evaluation is not None:
-                cell.nll_base, cell.nll_global = evaluation.nll_base, evaluation.nll_global
-                cell.nll_local, cell.train_seconds = evaluation.nll_local, evaluation.train_seconds
-                cell.task_base, cell.task_global = evaluation.task_base, evaluation.task_global
-                cell.task_records, cell.activated = evaluation.task_records, evaluation.activated
+                _add_evaluation(cell, evaluation)
                 cell.bytes_down = row.global_bytes
             cells.append(cell)
     _add_energy(layout.fleet_health_db, rounds, updates, cells)
     return ReportData(plant, boxes, rounds, cells)
+
+
+_EVALUATION_FIELDS = (
+    "nll_base", "nll_local", "nll_global", "train_seconds", "task_base", "task_local",
+    "task_global", "task_records", "activated", "plant_set_sha256", "plant_tokens",
+    "plant_nll_base", "plant_nll_local", "plant_nll_global", "plant_task_records",
+    "plant_task_base", "plant_task_local", "plant_task_global",
+)  # fmt: skip
+"""The evaluation's numbers a cell carries, under the same names."""
+
+
+def _add_evaluation(cell: Cell, evaluation: EvaluationReceived) -> None:
+    """Copy a box's evaluation into its cell; a field older evaluations (or boxes of an
+    older version) do not carry stays empty."""
+    for name in _EVALUATION_FIELDS:
+        setattr(cell, name, getattr(evaluation, name, None))
 
 
 def _read_round_store(

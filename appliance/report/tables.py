@@ -6,6 +6,7 @@ box); an empty field means the box did not report that number.
 
 import csv
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ BOX_COLUMNS = (
     "round", "round_id", "box", "invited", "participated", "bytes_up", "bytes_down",
     "train_seconds", "energy_j", "energy_source", "nll_base", "nll_local", "nll_global",
     "nll_gain", "task_base", "task_global", "task_gain", "task_records", "activated",
+    "task_local", "plant_set_sha256", "plant_tokens", "plant_nll_base", "plant_nll_local",
+    "plant_nll_global", "plant_nll_gain", "plant_task_records", "plant_task_base",
+    "plant_task_local", "plant_task_global", "plant_task_gain",
 )  # fmt: skip
 ROUND_COLUMNS = (
     "round", "round_id", "state", "opened_utc", "seconds", "invited", "participants",
@@ -124,8 +128,8 @@ def _num(value: float | None, spec: str, unit: str = "") -> str:
     return "not reported" if value is None else f"{value:{spec}}{unit}"
 
 
-def summary_text(result: dict[str, Any], files: list[Path]) -> str:
-    """A few lines for the terminal."""
+def summary_text(result: dict[str, Any], files: list[Path], roi: Sequence[str] = ()) -> str:
+    """A few lines for the terminal (`roi`: the return-on-investment lines)."""
     lines = [
         f"plant {result['plant']}: {result['rounds']} rounds, {result['rounds_aggregated']} "
         f"global adapters (latest v{result['latest_global_version']}), "
@@ -150,5 +154,6 @@ def summary_text(result: dict[str, Any], files: list[Path]) -> str:
     if result["rejected_versions"]:
         rejected = ", ".join(f"v{v}" for v in result["rejected_versions"])
         lines.append(f"stopped before reaching the fleet: {rejected}")
+    lines.extend(roi)
     lines.append("wrote " + ", ".join(str(f) for f in files))
     return "\n".join(lines)
