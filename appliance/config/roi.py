@@ -44,12 +44,12 @@ class RoiSettings(Section):
     energy_price_per_kwh: float | None = Field(
         default=None,
         ge=0,
-        description=f"Price of one kWh, {_MONEY} per kWh. None: energy not priced.",
+        description=f"Price of one kWh, {_MONEY} per kWh. Left out: energy not priced.",
     )
     box_cost: float | None = Field(
         default=None,
         ge=0,
-        description=f"Purchase price of one box, {_MONEY} per box. None: boxes not priced.",
+        description=f"Purchase price of one box, {_MONEY} per box. Left out: boxes not priced.",
     )
     box_lifetime_years: float | None = Field(
         default=None,
@@ -61,7 +61,7 @@ class RoiSettings(Section):
     value_per_correct_answer: float | None = Field(
         default=None,
         ge=0,
-        description=f"What one more correct answer is worth, {_MONEY} per answer. None: not "
+        description=f"What one more correct answer is worth, {_MONEY} per answer. Left out: not "
         "priced.",
     )
     questions_per_box_per_day: float | None = Field(
