@@ -1,11 +1,13 @@
 """The report as one self-contained HTML page (plotly's JavaScript inline: works offline)."""
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from plotly.offline import get_plotlyjs
 
+from appliance.config.roi import RoiSettings
 from appliance.report.charts import CHARTS
 from appliance.report.collect import Cell, ReportData
 from appliance.report.roi import HOW_TO_PRICE, Roi, money
@@ -115,18 +117,9 @@ def _roi_section(roi: Roi) -> list[str]:
         parts.append('<p class="missing" data-roi="not-priced">not priced</p>')
         parts.append(f"<pre>{html.escape(HOW_TO_PRICE)}</pre>")
         return parts
-    rows = [
-        {"": "extra correct answers per day", **_per_day(roi.extra_correct_per_day)},
-        {"": "value per day", "amount": money(roi.value_per_day, settings)},
-        {"": "energy per day", "amount": money(roi.energy_cost_per_day, settings)},
-        {"": "boxes per day (amortised)", "amount": money(roi.box_cost_per_day, settings)},
-    ]
-    for h in roi.horizons:
-        rows.append({"": f"value over {h.days} days", "amount": money(h.value, settings)})
-        rows.append({"": f"cost over {h.days} days", "amount": money(h.cost, settings)})
-        rows.append({"": f"return over {h.days} days", "amount": money(h.net, settings)})
-    rows.append({"": "break-even", "amount": roi.break_even or "-"})
-    parts.append(_table(("", "amount"), rows, "roi-money"))
+    parts.append(_money_table(roi, settings))
+    if roi.break_even is not None:
+        parts.append(f'<p data-roi="break-even">break-even: {html.escape(roi.break_even)}</p>')
     for line in roi.missing:
         parts.append(f'<p class="missing" data-roi="missing">missing: {html.escape(line)}</p>')
     for line in roi.not_priced:
@@ -136,8 +129,46 @@ def _roi_section(roi: Roi) -> list[str]:
     return parts
 
 
-def _per_day(value: float | None) -> dict[str, str]:
-    return {"amount": "-" if value is None else f"{value:.1f}"}
+def _money_table(roi: Roi, settings: RoiSettings) -> str:
+    """Value, costs and return per day and over each horizon; "-": not computable (see
+    what is missing), "not priced": its price is not in `[roi]`."""
+    days = [h.days for h in roi.horizons]
+    columns = ("", "per day", *(f"{d} days" for d in days))
+
+    def row(
+        name: str, per_day: float | None, priced: bool, show: Callable[[float | None], str]
+    ) -> dict[str, str]:
+        if not priced:
+            return dict.fromkeys(columns, "not priced") | {"": name}
+        cells = [show(per_day), *(show(None if per_day is None else per_day * d) for d in days)]
+        return {"": name, **dict(zip(columns[1:], cells, strict=True))}
+
+    def amount(value: float | None) -> str:
+        return money(value, settings)
+
+    def count(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
+    answers = settings.answer_value is not None
+    rows = [
+        row(
+            "extra correct answers",
+            roi.extra_correct_per_day,
+            settings.questions_per_box_per_day is not None,
+            count,
+        ),
+        row("value", roi.value_per_day, answers, amount),
+        row(
+            "energy (training, measured)",
+            roi.energy_cost_per_day,
+            settings.energy_price_per_kwh is not None,
+            amount,
+        ),
+        row("boxes (amortised)", roi.box_cost_per_day, settings.box_cost is not None, amount),
+        row("cost", roi.cost_per_day, True, amount),
+        row("return", roi.net_per_day, answers, amount),
+    ]
+    return _table(columns, rows, "roi-money")
 
 
 def write_page(path: Path, text: str) -> Path:

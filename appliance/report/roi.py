@@ -54,6 +54,8 @@ class Roi:
     energy_cost_per_day: float | None = None
     box_cost_per_day: float | None = None
     extra_correct_per_day: float | None = None
+    cost_per_day: float | None = None
+    net_per_day: float | None = None
     horizons: list[Horizon] = field(default_factory=list)
     break_even_day: int | None = None
     break_even: str | None = None
@@ -199,6 +201,8 @@ def _fleet_totals(roi: Roi, settings: RoiSettings, boxes: int) -> None:
     ]
     cost = _sum(priced_costs)
     value = roi.value_per_day if settings.answer_value is not None else None
+    roi.cost_per_day = cost
+    roi.net_per_day = None if value is None or cost is None else value - cost
     for days in (settings.short_term_days, settings.mid_term_days):
         roi.horizons.append(
             Horizon(
@@ -248,6 +252,8 @@ def as_json(roi: Roi) -> dict[str, object]:
         "value_per_day": roi.value_per_day,
         "energy_cost_per_day": roi.energy_cost_per_day,
         "box_cost_per_day": roi.box_cost_per_day,
+        "cost_per_day": roi.cost_per_day,
+        "return_per_day": roi.net_per_day,
         "horizons": [
             {"days": h.days, "value": h.value, "cost": h.cost, "return": h.net}
             for h in roi.horizons

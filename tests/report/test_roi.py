@@ -137,6 +137,7 @@ def test_roi_arithmetic_by_hand(tmp_path: Path, state: Path) -> None:
     assert roi["boxes"]["a"]["energy_cost_per_day"] == pytest.approx(0.4)
     # 3650 EUR over 2 x 365 days = 5 EUR a day per box, two boxes
     assert roi["box_cost_per_day"] == pytest.approx(10.0)
+    assert roi["return_per_day"] == pytest.approx(245.0 - 0.6 - 10.0)
     short, mid = roi["horizons"]
     assert short == pytest.approx({"days": 30, "value": 7350.0, "cost": 318.0, "return": 7032.0})
     assert mid == pytest.approx(
@@ -150,7 +151,8 @@ def test_roi_arithmetic_by_hand(tmp_path: Path, state: Path) -> None:
     assert "  break-even: day 30" in result.text
     page = (tmp_path / "out" / "index.html").read_text()
     assert '<h2 id="roi">Return on investment</h2>' in page
-    assert "<td>return over 365 days</td><td>85,556.00 EUR</td>" in page
+    assert "<td>return</td><td>234.40 EUR</td><td>7,032.00 EUR</td><td>85,556.00 EUR</td>" in page
+    assert 'data-roi="break-even">break-even: day 30' in page
     assert "<td>a</td><td>r1</td><td>3.000 / 2.800 / 2.500</td><td>50.0% / - / 75.0%" in page
 
 
@@ -194,6 +196,8 @@ def test_missing_energy_leaves_the_cost_and_return_empty(tmp_path: Path, state: 
     assert "  30 days: value 7,350.00 EUR, cost -, return -" in result.text
     page = (tmp_path / "out" / "index.html").read_text()
     assert 'data-roi="missing">missing: b: no energy readings for its training in r1' in page
+    assert "<td>return</td><td>-</td><td>-</td><td>-</td>" in page
+    assert "<td>value</td><td>245.00 EUR</td><td>7,350.00 EUR</td>" in page
 
 
 def test_energy_not_priced_is_left_out_and_said(tmp_path: Path, state: Path) -> None:
@@ -207,6 +211,9 @@ def test_energy_not_priced_is_left_out_and_said(tmp_path: Path, state: Path) -> 
         {"days": 30, "value": 7350.0, "cost": 300.0, "return": 7050.0}
     )
     assert roi["break_even_day"] == 30
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<td>energy (training, measured)</td><td>not priced</td>" in page
+    assert "<td>cost</td><td>10.00 EUR</td><td>300.00 EUR</td>" in page
 
 
 def test_a_box_without_a_task_metric_is_named(tmp_path: Path, state: Path) -> None:
