@@ -239,6 +239,10 @@ class AggregatorService:
                 block=codec.block,
                 top_k_fraction=None if codec.top_k_fraction >= 1 else codec.top_k_fraction,
                 compression=codec.compression,
+                lowrank_rank=codec.lowrank_rank or None,
+                subspace_dim=codec.subspace_dim or None,
+                subspace_basis=codec.subspace_basis,
+                residual_top_k_fraction=codec.residual_top_k_fraction or None,
             ),
         )
 

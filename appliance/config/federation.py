@@ -27,12 +27,17 @@ class EdgeFederationSettings(Section):
 
 
 class UpdateCodecSettings(Section):
-    """How boxes compress their updates (the aggregator announces it with each round)."""
+    """How boxes compress their updates (the aggregator announces it with each round).
 
-    values: Literal["fp32", "fp16", "int8"] = Field(
-        default="int8", description="Value coding; int8 keeps one scale per block."
+    Measured (docs/benchmarks.md, "Update compression against quality"): `int8` is free;
+    see there for the low-rank and subspace options against the 50x goal."""
+
+    values: Literal["fp32", "fp16", "int8", "int4"] = Field(
+        default="int8",
+        description="Value coding; int8 and int4 keep one scale per block (int4: codes -7..7, "
+        "two per byte; needs the update format 2 of this version on every box).",
     )
-    block: int = Field(default=64, ge=8, le=4096, description="Values per int8 scale.")
+    block: int = Field(default=64, ge=8, le=4096, description="Values per int8/int4 scale.")
     top_k_fraction: float = Field(
         default=1.0,
         gt=0,
@@ -43,6 +48,69 @@ class UpdateCodecSettings(Section):
     compression: Literal["none", "zlib", "zstd"] = Field(
         default="zstd", description="Lossless compression on top."
     )
+    lowrank_rank: int = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        description="Send each change of B (n_out x r) as rank-q factors P (n_out x q) and "
+        "Q (q x r) from its truncated SVD, coded as `values`; what the q directions miss "
+        "stays in the box's error feedback. Must be below the LoRA rank r (a box refuses "
+        "to encode otherwise). 0 = off.",
+    )
+    subspace_dim: int = Field(
+        default=0,
+        ge=0,
+        le=65536,
+        description="Send only the k x r coefficients of each change of B on a k-column "
+        "basis both sides derive (see subspace_basis), so no basis travels; must be below "
+        "n_out. 0 = off. Excludes lowrank_rank and top_k_fraction < 1.",
+    )
+    subspace_basis: Literal["seed", "global"] = Field(
+        default="seed",
+        description="Basis of subspace_dim: `seed`: random, from a seed that follows from "
+        "the round and the tensor name (a new one each round); `global`: the round's "
+        "global B itself (an r x r core in the style of Fed-SB, folded into B, so the "
+        "result is an ordinary B), completed by seeded columns up to k, all seeded at "
+        "global version 0 (needs the box to pass the round's adapter to the encoder).",
+    )
+    residual_top_k_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Also send this share of the largest errors the coding above left "
+        "(uint16/uint32 index and fp16 value each), on top of a dense, low-rank or "
+        "subspace coding. 0 = off. Excludes top_k_fraction < 1.",
+    )
+
+    @model_validator(mode="after")
+    def _options_combine(self) -> Self:
+        chosen = [
+            name
+            for name, on in (
+                ("top_k_fraction < 1", self.top_k_fraction < 1),
+                ("lowrank_rank", self.lowrank_rank > 0),
+                ("subspace_dim", self.subspace_dim > 0),
+            )
+            if on
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"{' and '.join(chosen)} exclude each other; choose one")
+        if self.top_k_fraction < 1 and self.residual_top_k_fraction > 0:
+            raise ValueError("residual_top_k_fraction does not combine with top_k_fraction < 1")
+        if self.subspace_basis != "seed" and self.subspace_dim == 0:
+            raise ValueError(f'subspace_basis = "{self.subspace_basis}" needs subspace_dim > 0')
+        return self
+
+    @property
+    def dense_int8(self) -> bool:
+        """Whether updates are dense int8 with no factoring: what secure aggregation masks."""
+        return (
+            self.values == "int8"
+            and self.top_k_fraction >= 1
+            and self.lowrank_rank == 0
+            and self.subspace_dim == 0
+            and self.residual_top_k_fraction == 0
+        )
 
 
 class StrategySettings(Section):
@@ -104,10 +172,11 @@ class FleetSettings(Section):
         secure = self.secure_aggregation
         if not secure.enabled:
             return self
-        if self.codec.top_k_fraction < 1 or self.codec.values != "int8":
+        if not self.codec.dense_int8:
             raise ValueError(
                 'secure_aggregation needs dense int8 updates (codec.values = "int8", '
-                "codec.top_k_fraction = 1.0): masked vectors are dense"
+                "codec.top_k_fraction = 1.0, and no lowrank_rank, subspace_dim or "
+                "residual_top_k_fraction): masked vectors are dense"
             )
         if self.strategy.name != "fedavg" or self.strategy.norm_bound is not None:
             raise ValueError(

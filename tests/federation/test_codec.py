@@ -247,7 +247,7 @@ def test_wrong_magic_and_version() -> None:
     assert refused(b"XXXX" + blob[4:]) == "not an update (magic b'XXXX')"
     assert (
         refused(blob[:4] + struct.pack("<H", 9) + blob[6:])
-        == "update format version 9 is not supported (this is 1)"
+        == "update format version 9 is not supported (this reads 1, 2)"
     )
 
 
@@ -281,7 +281,9 @@ def test_header_that_is_not_json() -> None:
         (lambda h: h.update(frozen_a=False), "update has frozen_a=False"),
         (lambda h: h["tensors"][0].update(count=10), "10 values for a (48, 4) tensor"),
         (lambda h: h.update(body_bytes=h["body_bytes"] + 1), "do not add up"),
-        (lambda h: h["codec"].update(values="int4"), "invalid header: codec.values"),
+        (lambda h: h["codec"].update(values="int2"), "invalid header: codec.values"),
+        (lambda h: h["codec"].update(values="int4"), "format 1 does not fit the codec"),
+        (lambda h: h["codec"].update(lowrank_rank=2), "format 1 does not fit the codec"),
         (lambda h: h.update(base_sha256="x"), "invalid header: base_sha256"),
     ],
 )

@@ -47,3 +47,14 @@ def decompress(data: bytes, method: Compression, expected_bytes: int) -> bytes:
             f"{len(body)} bytes, header declares {expected_bytes}"
         )
     return body
+
+
+def inflate_bounded(data: bytes, limit: int) -> bytes:
+    """Inflate a zstd frame of unknown size, refusing one that comes to more than `limit`."""
+    try:
+        body = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)).read(limit + 1)
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"zstd frame is corrupt ({exc})") from None
+    if len(body) > limit:
+        raise CompressionError(f"inflates to more than {limit} bytes")
+    return body
