@@ -22,7 +22,7 @@ from appliance.federation.codec import CodecSpec
 from appliance.federation.rounds import RoundSpec, RoundStore, StoredUpdate
 from appliance.report.build import build_report
 from appliance.report.collect import collect
-from appliance.report.roi import compute, served_cell
+from appliance.report.roi import HOW_TO_PRICE, compute, served_cell
 from appliance.rollout.store import RolloutStore, Stage
 from appliance.telemetry.store import FleetStore
 from tests.federation.plans import training_plan
@@ -270,6 +270,9 @@ def test_without_a_roi_section_the_gains_show_and_how_to_price(tmp_path: Path, s
     assert 'data-roi="not-priced">not priced</p>' in page
     assert "energy_price_per_kwh = 0.25" in page
     assert compute(collect(state, "p"), None).boxes[0].served is not None
+    example = HOW_TO_PRICE.split("e.g.\n", 1)[1].rsplit("\n(", 1)[0]
+    priced = config(tmp_path, state, roi=example.replace("  ", "")).roi
+    assert priced is not None and priced.box_cost == 2500
 
 
 def report_json(tmp_path: Path) -> dict:
