@@ -474,14 +474,20 @@ def _fleet_status(args: argparse.Namespace) -> int:
         store.close()
     from appliance.rollout.operator import store_path as rollout_path
     from appliance.rollout.status import render_rollout, rollout_status
+    from appliance.telemetry.scores import latest_scores, render_scores
 
     rollout = rollout_status(rollout_path(config))
+    scores = latest_scores(config.layout.audit_log)  # own data and plant set, per box
     if args.json:
-        _print_json({**report.as_json(), "rollout": rollout})
+        _print_json(
+            {**report.as_json(), "rollout": rollout, "scores": [s.as_json() for s in scores]}
+        )
     else:
         print(render_report(report))
         if lines := render_rollout(rollout):
             print(lines)
+        if table := render_scores(scores):
+            print(table)
     return 0
 
 

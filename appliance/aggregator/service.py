@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.aggregator.evaluation_set import EvaluationSetPublisher
 from appliance.aggregator.protocols import build_protocol
 from appliance.config import AggregatorConfig
 from appliance.errors import AdapterError, ModelError
@@ -111,6 +112,9 @@ class AggregatorService:
         )
         self.transport = TransportNode(self.key, self.trust, settings)
         self.transport.subscribe("+", "evaluation", Evaluation)
+        self.evaluation_set = EvaluationSetPublisher(
+            config.evaluation_set, self.transport.sender, self.audit
+        )
         # plain or pairwise-masked rounds (appliance/federation/protocol.py, docs/privacy.md)
         self.protocol = build_protocol(config, self.transport, self.trust, self.model_info.sha256)
         self._stopped_half_way = {r.round_id for r in self.store.unfinished()}
@@ -208,6 +212,7 @@ class AggregatorService:
         set_fields(ROUND=round_id)  # journal field: the round opened last
         round_ = self.store.open_round(spec, now)
         self._audit_opened(round_)
+        self.evaluation_set.publish(participants)  # before the round: boxes score it after
         self._announce(round_, Priority.NORMAL)
         log.info(
             "round %s opened for %d boxes (global adapter v%d)",

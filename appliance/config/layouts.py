@@ -73,6 +73,11 @@ class EdgeLayout:
         return self.state_dir / "residual.npz"
 
     @property
+    def plant_set(self) -> Path:
+        """The plant evaluation set the aggregator published (JSON Lines)."""
+        return self.state_dir / "plant-set.jsonl"
+
+    @property
     def adapters_dir(self) -> Path:
         return self.state_dir / "adapters"
 

@@ -5,6 +5,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from appliance.config.base import Section
+from appliance.config.evaluation_set import EvaluationSetSettings
 from appliance.config.federation import EdgeFederationSettings, FleetSettings
 from appliance.config.health import EdgeHealthSettings, FleetHealthSettings
 from appliance.config.identity import IdentitySettings
@@ -101,6 +102,11 @@ class AggregatorConfig(Section):
         default_factory=FleetHealthSettings, description="Fleet health, alerts, Prometheus."
     )
     logging: LoggingSettings = Field(default_factory=LoggingSettings, description="Logging.")
+    evaluation_set: EvaluationSetSettings | None = Field(
+        default=None,
+        description="Questions the plant shares with every box, scored beside each box's "
+        "own held-out data (optional; without it boxes score their own data only).",
+    )
     roi: RoiSettings | None = Field(
         default=None,
         description="Prices for `appliance report`'s return on investment (optional; "

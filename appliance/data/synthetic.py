@@ -102,9 +102,7 @@ class ProductionLine:
 
 
 LINES = (
-    ProductionLine(
-        "packaging", ("wrapper W1", "labeller L2", "case packer C3"), "PK", "conveyors"
-    ),
+    ProductionLine("packaging", ("wrapper W1", "labeller L2", "case packer C3"), "PK", "conveyors"),
     ProductionLine(
         "stamping", ("press P4", "coil feeder F5", "die changer D6"), "ST", "compressed air"
     ),
@@ -114,9 +112,7 @@ LINES = (
     ProductionLine(
         "assembly", ("screw station S1", "conveyor K2", "vision cell V3"), "AS", "conveyors"
     ),
-    ProductionLine(
-        "painting", ("spray booth B5", "oven O6", "mixer X7"), "PT", "compressed air"
-    ),
+    ProductionLine("painting", ("spray booth B5", "oven O6", "mixer X7"), "PT", "compressed air"),
 )
 
 OWN_SHARE = 0.6

@@ -54,6 +54,9 @@ class FleetOptions:
     records_per_box: int
     training: dict[str, object]
     codec: tuple[tuple[str, object], ...] = (("values", "int8"),)
+    plant_set_per_line: int = PLANT_SET_PER_LINE
+    """Records of each line in the plant evaluation set (0: no set, boxes score their own
+    data only)."""
 
 
 def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
@@ -69,7 +72,11 @@ def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
     for index, box in enumerate(boxes):
         records = box_records(index, options.records_per_box)
         write_jsonl(layout.root / box / "spool" / "plant-data.jsonl", records)
-    write_jsonl(layout.plant_set, plant_set_records(options.boxes, options.records_per_box))
+    if options.plant_set_per_line > 0:
+        records = plant_set_records(
+            options.boxes, options.records_per_box, options.plant_set_per_line
+        )
+        write_jsonl(layout.plant_set, records)
     return layout
 
 
@@ -135,6 +142,12 @@ def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: Fle
             "[health]",
             "metrics_port = 0",
         ]
+        if options.plant_set_per_line > 0:
+            # the set goes out as the first round opens, before the boxes have connected: a
+            # re-announce after a second (not the default minute) lets them take it while
+            # they train, so they score it in round 1 already
+            lines += ["[transfer]", "resend_after_s = 1"]
+            lines += ["[evaluation_set]", f'path = "{layout.plant_set}"']
     else:
         lines += ["[federation]", f'aggregator_id = "{AGGREGATOR}"', "spool_scan_s = 1.0"]
     return "\n".join(lines) + "\n"

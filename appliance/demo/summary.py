@@ -1,4 +1,10 @@
-"""Read the demo's results from the aggregator's audit log and print them per round."""
+"""Read the demo's results from the aggregator's audit log and print them per round.
+
+Each box's numbers come twice: on its own held-out data (how well an adapter knows the
+box's line) and on the plant evaluation set (questions from every line, the same for every
+box: how well it knows the plant). The local adapter tends to win the first, the global one
+the second, which is the point of federating.
+"""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +44,20 @@ class RoundSummary:
             "bytes_down": self.bytes_down,
             "compression_ratio": {box: r for box, r in ratios.items() if r is not None},
             "strategy": self.strategy,
-            "boxes": {
-                box: {"nll_base": e.nll_base, "nll_local": e.nll_local, "nll_global": e.nll_global}
-                for box, e in self.boxes.items()
-            },
+            "boxes": {box: _box_json(e) for box, e in self.boxes.items()},
         }
+
+
+def _box_json(evaluation: EvaluationReceived) -> dict[str, float | None]:
+    """One box's numbers in the summary: own held-out data, then the plant set."""
+    return {
+        "nll_base": evaluation.nll_base,
+        "nll_local": evaluation.nll_local,
+        "nll_global": evaluation.nll_global,
+        "plant_nll_base": evaluation.plant_nll_base,
+        "plant_nll_local": evaluation.plant_nll_local,
+        "plant_nll_global": evaluation.plant_nll_global,
+    }
 
 
 def read_rounds(
@@ -87,22 +102,52 @@ def round_table(summary: RoundSummary, boxes: tuple[str, ...]) -> str:
     lines = [
         f"round {summary.round_id}: global adapter v{summary.global_version}, {seconds}, "
         f"strategy {summary.strategy.get('strategy')}",
-        f"  {'box':<8} {'NLL base':>9} {'local':>9} {'global':>9} {'bytes up':>10} {'ratio':>7}",
+        f"  {'':<8} {'own held-out data (NLL)':^29} {'plant evaluation set (NLL)':^29}",
+        f"  {'box':<8} {'base':>9} {'local':>9} {'global':>9} {'base':>9} {'local':>9} "
+        f"{'global':>9} {'bytes up':>10} {'ratio':>7}",
     ]
     for box in boxes:
         evaluation = summary.boxes.get(box)
         up, ratio = summary.bytes_up.get(box), summary.ratio(box)
-        base, local, global_ = (
-            (evaluation.nll_base, evaluation.nll_local, evaluation.nll_global)
-            if evaluation is not None
-            else (None, None, None)
-        )
+        numbers = _box_json(evaluation) if evaluation is not None else {}
+        cells = " ".join(_f(numbers.get(key)) for key in _COLUMNS)
         lines.append(
-            f"  {box:<8} {_f(base)} {_f(local)} {_f(global_)} "
+            f"  {box:<8} {cells} "
             f"{up if up is not None else '-':>10} {f'{ratio:.1f}x' if ratio else '-':>7}"
         )
-    lines.append(f"  bytes down (global adapter to every box): {summary.bytes_down}")
+    lines.append(f"  bytes down (global adapter to all boxes): {summary.bytes_down}")
+    if (verdict := plant_verdict(summary, boxes)) is not None:
+        lines.append(f"  {verdict}")
     return "\n".join(lines)
+
+
+_COLUMNS = (
+    "nll_base",
+    "nll_local",
+    "nll_global",
+    "plant_nll_base",
+    "plant_nll_local",
+    "plant_nll_global",
+)
+
+
+def plant_verdict(summary: RoundSummary, boxes: tuple[str, ...]) -> str | None:
+    """One line: on how many boxes the global adapter beats the local one plant-wide, and
+    by how much on average (None: no box scored both on the plant set)."""
+    gains = [
+        e.plant_nll_local - e.plant_nll_global
+        for box in boxes
+        if (e := summary.boxes.get(box)) is not None
+        and e.plant_nll_local is not None
+        and e.plant_nll_global is not None
+    ]
+    if not gains:
+        return None
+    better = sum(gain > 0 for gain in gains)
+    return (
+        f"plant-wide: the global adapter beats the local one on {better} of {len(gains)} "
+        f"boxes, by {sum(gains) / len(gains):+.4f} nats/token on average"
+    )
 
 
 def _f(value: float | None) -> str:

@@ -160,3 +160,15 @@ def compare(
     base = scores(runtime, held, None, settings)
     served = base if current is None else scores(runtime, held, current, settings)
     return Comparison(base, served, scores(runtime, held, candidate, settings), len(held.items))
+
+
+def scores_of_file(
+    runtime: Runtime, path: Path, sets: Sequence[HeldOut], settings: EvaluationSettings
+) -> list[Scores]:
+    """One adapter file's scores on each of `sets` (loaded once, measured, freed): the
+    round's local adapter on the box's held-out data and on the plant set."""
+    adapter = runtime.load_adapter(path)
+    try:
+        return [scores(runtime, held, adapter, settings) for held in sets]
+    finally:
+        runtime.free_adapter(adapter)

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
-from appliance.edge.evaluation import compare, held_out, nll_of_file
+from appliance.edge.evaluation import compare, held_out
+from appliance.edge.plant_set import PlantSet, plant_fields, score_local, score_local_late
 from appliance.edge.protocols import box_protocols
 from appliance.edge.state import OBEYED_KEPT, EdgeState
 from appliance.edge.training_run import (
@@ -44,7 +45,7 @@ from appliance.llm.adapters import read_adapter
 from appliance.llm.gguf_file import file_sha256, open_gguf, tensor_shapes
 from appliance.llm.licenses import LicensePolicy
 from appliance.llm.runtime import Adapter, Runtime
-from appliance.llm.texts import chat_template, record_text
+from appliance.llm.texts import chat_template
 from appliance.llm.training.supervisor import TrainingRequest
 from appliance.privacy.accountant import PrivacyLedgerError
 from appliance.privacy.guard import PrivacyGuard
@@ -94,6 +95,7 @@ class EdgeService:
             self._promote_residual(round_id)
         self.feedback = self._load_feedback()
         self.privacy = PrivacyGuard(config.privacy, self.layout.state_dir)
+        self.plant_set = PlantSet(self.layout.plant_set)  # the plant's shared questions
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
         self._waiting: RoundAnnouncement | None = None
@@ -228,6 +230,10 @@ class EdgeService:
                 round_id = str(manifest.meta.get("round_id", "unknown"))
                 if self._guarded("global", lambda: self._take_global(event.path, round_id)):
                     self.transport.acknowledge(event)
+            case ArtifactArrived(manifest=manifest) if manifest.kind == "evaluation_set":
+                if self.plant_set.take(manifest, event.path, self.state):  # or refused (logged)
+                    self.state.save(self._state_path)
+                self.transport.acknowledge(event)
             case ArtifactArrived(manifest=manifest):
                 log.warning("ignored artifact of kind %r from %s", manifest.kind, manifest.sender)
                 self.transport.acknowledge(event)
@@ -371,7 +377,19 @@ class EdgeService:
             self._mark_done(round_.round_id, None)
             return
         out = Path(outcome.result.adapter)
-        local_nll = nll_of_file(self.runtime, self._heldout_texts(), out)
+        own = held_out(
+            self.runtime, self.spool.records(heldout=True), self._template, self.config.evaluation
+        )
+        local_nll = score_local(  # the numbers wait in the state, saved with the round
+            self.runtime,
+            out,
+            own,
+            plant=self.plant_set,
+            template=self._template,
+            settings=self.config.evaluation,
+            state=self.state,
+            round_id=round_.round_id,
+        )
         base = self._round_base(round_)
         try:  # DP (when on) noises the raw delta before error feedback sees it
             deltas, dp = self.privacy.privatize(
@@ -469,9 +487,6 @@ class EdgeService:
             self.state.local_nll[round_id] = local_nll
         self.state.save(self._state_path)
 
-    def _heldout_texts(self) -> list[str]:
-        return [record_text(r, self._template) for r in self.spool.records(heldout=True)]
-
     # -- global adapters ------------------------------------------------------------------------
 
     def _restore_active(self) -> None:
@@ -537,6 +552,18 @@ class EdgeService:
             self.config.evaluation,
         )
         scores = compare(self.runtime, held, candidate, self.active, self.config.evaluation)
+        plant = self.plant_set.compare(
+            self.runtime, candidate, self._template, self.config.evaluation
+        )
+        score_local_late(  # saved with the evaluation below
+            self.runtime,
+            self.layout.round_dir(round_id) / "local.gguf",
+            plant=self.plant_set,
+            template=self._template,
+            settings=self.config.evaluation,
+            state=self.state,
+            round_id=round_id,
+        )
         served = self.state.active_version
         pinned = self.state.pinned_version is not None
         newer = self.state.active_version is None or version > self.state.active_version
@@ -567,6 +594,8 @@ class EdgeService:
                 task_current=scores.current.task,
                 task_global=scores.candidate.task,
                 train_seconds=self.state.train_seconds.get(round_id),
+                task_local=self.state.local_task.get(round_id),
+                **plant_fields(plant, self.state, round_id),
             )
             self.state.unsent_evaluations.append(evaluation.model_dump(mode="json"))
         self.state.save(self._state_path)  # the commit point

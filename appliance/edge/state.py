@@ -38,6 +38,17 @@ class EdgeState:
     done_rounds: list[str] = field(default_factory=list)
     """Rounds this box is finished with: trained and its update prepared, or given up."""
     local_nll: dict[str, float] = field(default_factory=dict)
+    local_task: dict[str, float] = field(default_factory=dict)
+    """Per round: the exact-match rate of the round's local adapter on the held-out data."""
+    plant_local_nll: dict[str, float] = field(default_factory=dict)
+    """Per round: the local adapter's NLL on the plant evaluation set..."""
+    plant_local_task: dict[str, float] = field(default_factory=dict)
+    """...its exact-match rate there..."""
+    plant_local_sha256: dict[str, str] = field(default_factory=dict)
+    """...and which content of the set both were measured on."""
+    plant_set_published_at: float | None = None
+    """When the aggregator published the plant evaluation set held (an older one is
+    refused)."""
     train_seconds: dict[str, float] = field(default_factory=dict)
     sending: list[str] = field(default_factory=list)
     """Done rounds whose prepared update (`rounds/<id>/update.bin`) may not be in the outbox
@@ -103,6 +114,12 @@ def _str_to_number(value: object) -> bool:
     )
 
 
+def _str_to_str(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
+
+
 def _str(value: object) -> bool:
     return isinstance(value, str)
 
@@ -120,6 +137,11 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "done_rounds": _list_of(_str),
     "obeyed_commands": _list_of(_int),
     "local_nll": _str_to_number,
+    "local_task": _str_to_number,
+    "plant_local_nll": _str_to_number,
+    "plant_local_task": _str_to_number,
+    "plant_local_sha256": _str_to_str,
+    "plant_set_published_at": _optional(_number),
     "train_seconds": _str_to_number,
     "sending": _list_of(_str),
     "evaluated_versions": _list_of(_int),

@@ -111,6 +111,18 @@ class EvaluationReceived(Evaluation, _Event):
         return cls.model_validate(evaluation.model_dump())
 
 
+class EvaluationSetPublished(_Event):
+    """The plant evaluation set was queued for boxes (each box gets one content once; the
+    aggregator reads these lines to know who has which)."""
+
+    kind: ClassVar[str] = "evaluation_set_published"
+
+    sha256: Sha256 = Field(description="sha256 of the set's file.")
+    records: int = Field(ge=1, description="Records in it.")
+    bytes: int = Field(ge=1, description="Its size.")
+    recipients: Boxes = Field(description="The boxes it was sent to now.")
+
+
 class RoundFailed(_Event):
     """A closed round ended without a global adapter."""
 
@@ -300,6 +312,7 @@ AuditEvent: TypeAlias = (
     RoundOpened
     | UpdateRejected
     | EvaluationReceived
+    | EvaluationSetPublished
     | RoundFailed
     | RoundAbandoned
     | RoundAggregated

@@ -137,6 +137,33 @@ class Evaluation(Message):
     train_seconds: float | None = Field(
         default=None, ge=0, description="The box's local training time in this round."
     )
+    task_local: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Exact-match rate of the box's own adapter of the round (trained on its "
+        "data alone), on its held-out records.",
+    )
+    plant_set_sha256: str | None = Field(
+        default=None,
+        pattern=SHA256,
+        description="The plant evaluation set the plant_* numbers were measured on (None: "
+        "the box holds none; every plant_* field is then None or 0).",
+    )
+    plant_tokens: int | None = Field(default=None, ge=0, description="Tokens of the set.")
+    plant_nll_base: float | None = Field(default=None, description="NLL of the base model.")
+    plant_nll_local: float | None = Field(
+        default=None,
+        description="NLL of the box's own adapter of the round (None: it trained none, or "
+        "measured it on another set).",
+    )
+    plant_nll_global: float | None = Field(default=None, description="NLL of the adapter.")
+    plant_task_records: int = Field(
+        default=0, ge=0, description="Records of the set the plant_task rates scored."
+    )
+    plant_task_base: float | None = Field(default=None, ge=0, le=1)
+    plant_task_local: float | None = Field(default=None, ge=0, le=1)
+    plant_task_global: float | None = Field(default=None, ge=0, le=1)
 
 
 class Command(Message):

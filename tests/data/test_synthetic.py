@@ -65,9 +65,7 @@ def test_a_lines_rare_alarms_are_common_on_another_line() -> None:
         for rare in alarms.rare:
             seen_here = per_line[line.name].count(rare.code)
             elsewhere = [
-                other
-                for other in LINES
-                if rare.code in {a.code for a in line_alarms(other).common}
+                other for other in LINES if rare.code in {a.code for a in line_alarms(other).common}
             ]
             assert elsewhere, f"{rare.code} is rare on {line.name} and common nowhere"
             seen_there = per_line[elsewhere[0].name].count(rare.code)
