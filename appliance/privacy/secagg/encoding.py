@@ -133,7 +133,15 @@ class FixedPoint:
                 f"unmasked sum exceeds {bound} = 127 x total weight: a mask was not removed "
                 "(wrong seed) or an update is forged"
             )
-        return _split(signed.astype(np.float64) * self.step / total_weight, layout)
+        return self.decode_signed(signed, total_weight, layout)
+
+    def decode_signed(
+        self, signed: np.ndarray, total_weight: int, layout: Layout
+    ) -> dict[str, np.ndarray]:
+        """A checked signed sum (any ring) -> the sample-weighted mean B delta."""
+        if signed.size != layout_size(layout):
+            raise ValueError(f"sum has {signed.size} values, the layout {layout_size(layout)}")
+        return _split(np.asarray(signed, np.float64) * self.step / total_weight, layout)
 
 
 def _split(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
