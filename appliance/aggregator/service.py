@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.aggregator.downlink import GlobalDownlink, Shipment
 from appliance.aggregator.evaluation_set import EvaluationSetPublisher
 from appliance.aggregator.protocols import build_protocol
 from appliance.config import AggregatorConfig
@@ -39,6 +40,7 @@ from appliance.federation.messages import (
     Command,
     Evaluation,
     GlobalPublished,
+    GlobalRequest,
     RoundAnnouncement,
     TrainingPlan,
 )
@@ -112,6 +114,15 @@ class AggregatorService:
         )
         self.transport = TransportNode(self.key, self.trust, settings)
         self.transport.subscribe("+", "evaluation", Evaluation)
+        self.transport.subscribe("+", "global_request", GlobalRequest)
+        self.downlink = GlobalDownlink(
+            config.fleet.downlink,
+            self.layout,
+            self.transport,
+            self.audit,
+            lora=config.training.lora_spec(),
+            model_sha256=self.model_info.sha256,
+        )
         self.evaluation_set = EvaluationSetPublisher(
             config.evaluation_set, self.transport.sender, self.audit
         )
@@ -283,9 +294,19 @@ class AggregatorService:
             case MessageArrived(message=Evaluation() as evaluation, signer=signer):
                 self._take_evaluation(evaluation, signer)
                 self.transport.acknowledge(event)  # in the audit log: the broker may forget it
+            case MessageArrived(message=GlobalRequest() as request, signer=signer):
+                self.downlink.answer(request, signer, self._round_of_version(request))
+                self.transport.acknowledge(event)
             case MessageArrived(kind=kind, signer=signer):  # not subscribed to anything else
                 log.warning("ignored a %s message from %s", kind, signer)
                 self.transport.acknowledge(event)
+
+    def _round_of_version(self, request: GlobalRequest) -> str | None:
+        """The round whose result is the version a box asks for (None: no such round)."""
+        for round_, _closed in self.store.history():
+            if round_.result_version == request.global_version:
+                return round_.round_id
+        return None
 
     def _take_artifact(self, event: ArtifactArrived, now: float) -> None:
         """An update for the round protocol; acknowledged (the box may forget it) once the
@@ -461,7 +482,9 @@ class AggregatorService:
             max(self.current.version, *self.store.unrecorded_versions(), 0)
         )
         self.store.reserve_version(round_.round_id, version)
-        new = GlobalAdapter(version, result.factors, base.alpha, base.frozen_a)
+        step = self.downlink.define(base, result.factors)  # what the boxes will rebuild
+        factors = result.factors if step is None else step.rebuilt
+        new = GlobalAdapter(version, factors, base.alpha, base.frozen_a)
         path = save_global_adapter(
             self._global_path(new.version),
             new,
@@ -469,6 +492,8 @@ class AggregatorService:
             self.model_info.sha256,
             round_.round_id,
         )
+        if step is not None:
+            self.downlink.prepare(step, round_.round_id, new.version)
         failpoint("aggregator.global_saved")
         aggregated = RoundAggregated.of(
             facts,
@@ -509,12 +534,7 @@ class AggregatorService:
             version, round_.round_id, round_.global_version, round_.participants, time.time()
         )
         failpoint("aggregator.rollout_started")
-        meta: dict[str, str | int | float | bool] = {
-            "round_id": round_.round_id,
-            "global_version": version,
-        }
-        if not self.transport.outbox.holds_artifact("global", meta):  # queued before a crash
-            self.transport.sender.send_artifact("global", path, list(recipients), meta=meta)
+        self.downlink.send(self._shipment(round_, version, recipients), "round")
         failpoint("aggregator.global_queued")
         digest = file_sha256(path)
         self.transport.publish(
@@ -547,13 +567,18 @@ class AggregatorService:
             log.warning("the fleet builds on global adapter v%d again", base)
 
     def _send_global_to(self, version: int, round_id: str, recipients: Sequence[str]) -> None:
-        meta: dict[str, str | int | float | bool] = {
-            "round_id": round_id,
-            "global_version": version,
-        }
-        self.transport.sender.send_artifact(
-            "global", self._global_path(version), list(recipients), meta=meta
-        )
+        shipment = self._shipment(self.store.get(round_id), version, recipients)
+        self.downlink.send(shipment, "rollout")
+
+    def _shipment(self, round_: Round, version: int, recipients: Sequence[str]) -> Shipment:
+        """Where a round's adapter goes; every box holds version 0, and a box whose update
+        the round store holds trained on the round's base."""
+        if round_.global_version == 0:
+            holders = frozenset(recipients)
+        else:
+            arrivals = self.store.arrivals()
+            holders = frozenset(node for (rid, node) in arrivals if rid == round_.round_id)
+        return Shipment(round_.round_id, version, recipients, holders)
 
     def _send_command(self, command: Command) -> None:
         self.transport.publish("command", command, Priority.HIGH)

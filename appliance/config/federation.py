@@ -5,6 +5,7 @@ from typing import Literal, Self
 from pydantic import Field, model_validator
 
 from appliance.config.base import Section, TopicSafeId
+from appliance.config.downlink import DownlinkSettings
 from appliance.config.secure_aggregation import SecureAggregationSettings, participant_bound
 
 
@@ -155,6 +156,10 @@ class FleetSettings(Section):
     )
     strategy: StrategySettings = Field(
         default_factory=StrategySettings, description="Aggregation strategy."
+    )
+    downlink: DownlinkSettings = Field(
+        default_factory=DownlinkSettings,
+        description="How new global adapters travel to the boxes (deltas by default).",
     )
     secure_aggregation: SecureAggregationSettings = Field(
         default_factory=SecureAggregationSettings,

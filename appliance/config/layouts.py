@@ -40,6 +40,10 @@ class AggregatorLayout:
         """The file of global adapter `version` (0: the initial one)."""
         return self.globals_dir / f"global-v{version}.gguf"
 
+    def global_delta(self, version: int) -> Path:
+        """The int8 step that rebuilds global adapter `version` from its round's base."""
+        return self.globals_dir / f"global-v{version}.delta"
+
     def global_versions(self) -> list[int]:
         """Versions with a file, ascending."""
         return sorted(

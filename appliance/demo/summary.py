@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.federation.audit import read_events
-from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
+from appliance.federation.audit_events import EvaluationReceived, GlobalSent, RoundAggregated
 
 
 @dataclass
@@ -68,11 +68,17 @@ def read_rounds(
     rounds: dict[str, RoundSummary] = {}
     if not audit_log.exists():
         return []
+    sent: dict[str, int] = {}
     for event in read_events(audit_log):
         if isinstance(event, RoundAggregated):
             rounds[event.round_id] = _summary(event, opened_at, done_at)
         elif isinstance(event, EvaluationReceived) and event.round_id in rounds:
             rounds[event.round_id].boxes[event.node_id] = event
+        elif isinstance(event, GlobalSent):
+            sent[event.round_id] = sent.get(event.round_id, 0) + event.bytes_down
+    for round_id, down in sent.items():  # else (older logs): the whole file to every box
+        if round_id in rounds:
+            rounds[round_id].bytes_down = down
     return list(rounds.values())
 
 

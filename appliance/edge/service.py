@@ -20,6 +20,7 @@ from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out
+from appliance.edge.global_intake import BaseMissingError, BoxModel, delta_header, rebuild
 from appliance.edge.plant_set import PlantSet, plant_fields, score_local, score_local_late
 from appliance.edge.protocols import box_protocols
 from appliance.edge.state import OBEYED_KEPT, EdgeState
@@ -31,12 +32,13 @@ from appliance.edge.training_run import (
 )
 from appliance.errors import AdapterError, ApplianceError, ModelError
 from appliance.federation.codec import ErrorFeedback
+from appliance.federation.downlink import DeltaError
 from appliance.federation.global_adapter import (
     deltas_from,
     initial_global_adapter,
     load_global_adapter,
 )
-from appliance.federation.messages import Command, Evaluation, RoundAnnouncement
+from appliance.federation.messages import Command, Evaluation, GlobalRequest, RoundAnnouncement
 from appliance.federation.protocol import BoxProtocol, LocalUpdate
 from appliance.federation.updates import GlobalAdapter
 from appliance.identity import TrustStore
@@ -99,6 +101,11 @@ class EdgeService:
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
         self._waiting: RoundAnnouncement | None = None
+        self._asked_for: set[int] = set()  # global versions asked for as whole files
+        self._waiting_since = 0.0  # when a round began to wait for its base version
+        self._box_model = BoxModel(
+            self.runtime.info.sha256, self.runtime.info.architecture, self._shapes
+        )
         self._next_scan = 0.0
         self._restore_active()
         # an older version's hand-over files (acknowledged, not yet taken): taken once
@@ -173,6 +180,7 @@ class EdgeService:
         while (event := self.transport.next_event()) is not None:
             self.handle(event)
         self.serving.follow(self.state.active_version, self.state.active_path)
+        self._ask_for_missing_base(now)
         self._follow_gate()
         for protocol in self.protocols.values():
             protocol.tick()  # a masked update waits for its round's key set
@@ -229,6 +237,10 @@ class EdgeService:
             case ArtifactArrived(manifest=manifest) if manifest.kind == "global":
                 round_id = str(manifest.meta.get("round_id", "unknown"))
                 if self._guarded("global", lambda: self._take_global(event.path, round_id)):
+                    self.transport.acknowledge(event)
+            case ArtifactArrived(manifest=manifest) if manifest.kind == "global_delta":
+                round_id = str(manifest.meta.get("round_id", "unknown"))
+                if self._guarded("global", lambda: self._take_delta(event.path, round_id)):
                     self.transport.acknowledge(event)
             case ArtifactArrived(manifest=manifest) if manifest.kind == "evaluation_set":
                 if self.plant_set.take(manifest, event.path, self.state):  # or refused (logged)
@@ -290,6 +302,8 @@ class EdgeService:
             log.info(
                 "round %s: waiting for global adapter v%d", round_.round_id, round_.global_version
             )
+            if self._waiting is None or self._waiting.round_id != round_.round_id:
+                self._waiting_since = time.monotonic()
             self._waiting = round_
             return
         records = self.spool.records(heldout=False)
@@ -534,6 +548,51 @@ class EdgeService:
         if self._waiting is not None and self._waiting.global_version == version:
             waiting, self._waiting = self._waiting, None
             self._join(waiting)
+
+    def _take_delta(self, incoming: Path, round_id: str) -> None:
+        """Rebuild a global adapter from a delta and take it like a delivered file; a delta
+        this box cannot use (base missing or different, corrupt) is answered by asking for
+        the whole file, and a version already installed and evaluated is ignored."""
+        blob = incoming.read_bytes()
+        limit = self.config.transfer.max_artifact_mb * 1024 * 1024
+        try:
+            header = delta_header(blob, limit)
+        except DeltaError as exc:
+            log.error("refused a global delta: %s", exc)  # no version to ask for: the
+            return  # next round's announcement names it, and _join asks then
+        version = header.to_version
+        if version in self.state.evaluated_versions and self._global_path(version).exists():
+            log.info("global adapter v%d delivered again as a delta; ignored", version)
+            return
+        try:
+            rebuilt = rebuild(blob, header, self.layout, self._box_model, limit)
+        except DeltaError as exc:
+            level = logging.INFO if isinstance(exc, BaseMissingError) else logging.ERROR
+            log.log(level, "global delta to v%d not used: %s", version, exc)
+            self._ask_for_global(version, str(exc))
+            return
+        try:
+            self._take_global(rebuilt, round_id)
+        finally:
+            rebuilt.unlink(missing_ok=True)
+
+    def _ask_for_missing_base(self, now: float) -> None:
+        """A round waiting longer for its base version than a sender takes to re-announce an
+        artifact: this box missed it (it was away, or lost the file); ask for the whole file.
+        Not at once: the delta is usually still on its way when the next round opens."""
+        waiting = self._waiting
+        patience = self.config.transfer.resend_after_s
+        if waiting is not None and now - self._waiting_since >= patience:
+            self._ask_for_global(waiting.global_version, "a round starts from it; not here")
+
+    def _ask_for_global(self, version: int, reason: str) -> None:
+        """Ask the aggregator for the whole file of `version` (once per version per run)."""
+        if version in self._asked_for:
+            return
+        self._asked_for.add(version)
+        log.info("asking the aggregator for the whole global adapter v%d (%s)", version, reason)
+        request = GlobalRequest(global_version=version, reason=reason[:300])
+        self.transport.publish("global_request", request)
 
     def _install(self, incoming: Path, version: int, round_id: str) -> None:
         """Copy into place, evaluate against what is served, activate if newer; activation

@@ -235,6 +235,28 @@ class RoundAggregated(AggregationFacts, _Event):
         )
 
 
+class GlobalSent(_Event):
+    """A global adapter was queued for boxes: as a delta to the round's base version to those
+    known to hold it, as the whole file to the others (the bytes down of a round)."""
+
+    kind: ClassVar[str] = "global_sent"
+
+    round_id: str = Field(description="The round that made the adapter.")
+    global_version: int = Field(ge=1, description="The adapter's version.")
+    why: Literal["round", "rollout", "requested"] = Field(
+        description="After its round, by the staged rollout, or asked for by a box."
+    )
+    delta_to: Boxes = Field(description="Boxes sent the delta.")
+    delta_bytes: int | None = Field(ge=0, description="Size of the delta (None: none made).")
+    full_to: Boxes = Field(description="Boxes sent the whole file.")
+    full_bytes: int = Field(ge=0, description="Size of the whole file.")
+
+    @property
+    def bytes_down(self) -> int:
+        """Bytes queued for all its boxes together."""
+        return len(self.delta_to) * (self.delta_bytes or 0) + len(self.full_to) * self.full_bytes
+
+
 # -- rollouts ----------------------------------------------------------------------------------
 
 
@@ -316,6 +338,7 @@ AuditEvent: TypeAlias = (
     | RoundFailed
     | RoundAbandoned
     | RoundAggregated
+    | GlobalSent
     | RolloutStarted
     | RolloutPromoted
     | RolloutRejected

@@ -180,3 +180,12 @@ class Command(Message):
         "carries each out once, also when the broker delivers it twice (a rollback to the "
         "previous adapter done twice would undo itself).",
     )
+
+
+class GlobalRequest(Message):
+    """A box asks for the whole file of a global adapter (kind `global_request`): it got a
+    delta to a version it does not hold, or one that did not rebuild the announced file."""
+
+    v: Literal[1] = 1
+    global_version: int = Field(ge=1)
+    reason: str = Field(max_length=300, description="Why the delta could not be used.")

@@ -62,6 +62,25 @@ def test_demo_three_boxes_two_rounds_every_box_gains(tmp_path: Path) -> None:
     first = summary["rounds"][0]["boxes"]
     assert all(last[b]["nll_global"] < first[b]["nll_global"] for b in last)
     verify(tmp_path / "demo" / AGGREGATOR / "state" / "audit.jsonl")
+    assert_globals_went_down_as_deltas(tmp_path / "demo")
+
+
+def assert_globals_went_down_as_deltas(root: Path) -> None:
+    """Every box held each round's base (v0 from the seed, then the version it trained on),
+    so each global went to all as a delta, and each box rebuilt the aggregator's very file."""
+    sent = audit_records(root / AGGREGATOR / "state" / "audit.jsonl", "global_sent")
+    boxes = ["box-1", "box-2", "box-3"]
+    assert [(r["global_version"], sorted(r["delta_to"]), r["full_to"]) for r in sent] == [
+        (1, boxes, []),
+        (2, boxes, []),
+    ]
+    for record in sent:
+        assert record["delta_bytes"] * 5 < record["full_bytes"]
+        version = record["global_version"]
+        made = root / AGGREGATOR / "state" / "globals" / f"global-v{version}.gguf"
+        for box in boxes:
+            rebuilt = root / box / "state" / "adapters" / f"global-v{version}.gguf"
+            assert rebuilt.read_bytes() == made.read_bytes()
 
 
 def accepted_updates(db: Path) -> dict[str, int]:
