@@ -172,10 +172,10 @@ _EVALUATION_FIELDS = (
 
 
 def _add_evaluation(cell: Cell, evaluation: EvaluationReceived) -> None:
-    """Copy a box's evaluation into its cell; a field older evaluations (or boxes of an
-    older version) do not carry stays empty."""
+    """Copy a box's evaluation into its cell (a field an older box does not send is None
+    in the event, so it stays empty here)."""
     for name in _EVALUATION_FIELDS:
-        setattr(cell, name, getattr(evaluation, name, None))
+        setattr(cell, name, getattr(evaluation, name))
 
 
 def _read_round_store(

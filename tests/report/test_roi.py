@@ -238,8 +238,6 @@ def test_plant_wide_gain_prices_the_answers_when_asked(tmp_path: Path, state: Pa
         "plant_task_base": 0.4,
         "plant_task_global": 0.6,
     }
-    if "plant_task_global" not in EvaluationReceived.model_fields:
-        pytest.skip("the plant-wide evaluation fields have not landed")
     AuditLog(state / "audit.jsonl").append_event(evaluation("a", "r2-x", 1, **plant))
     rounds = RoundStore(state / "rounds.sqlite")
     record_round(rounds, "r2-x", T0 + HALF_DAY, T0 + 2 * HALF_DAY)
