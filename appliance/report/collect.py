@@ -20,7 +20,7 @@ from pathlib import Path
 from appliance.config.layouts import AggregatorLayout
 from appliance.errors import ApplianceError
 from appliance.federation.audit import AuditError, read_events
-from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
+from appliance.federation.audit_events import EvaluationReceived, GlobalSent, RoundAggregated
 from appliance.federation.rounds import RoundStore
 from appliance.report.energy import window_energy
 from appliance.rollout.store import RolloutStore
@@ -135,7 +135,7 @@ def collect(state_dir: Path, plant: str) -> ReportData:
     if not rounds_db.exists():
         raise ReportError(f"no round store at {rounds_db}; has the aggregator run yet?")
     rounds, updates = _read_round_store(rounds_db)
-    aggregated, evaluations = _read_audit(layout.audit_log)
+    aggregated, evaluations, sent = _read_audit(layout.audit_log)
     stages = _read_rollouts(layout.rollout_db)
     boxes = sorted(
         {b for r in rounds for b in r.invited} | {e.node_id for e in evaluations.values()}
@@ -156,7 +156,7 @@ def collect(state_dir: Path, plant: str) -> ReportData:
             evaluation = evaluations.get((row.round_id, box))
             if evaluation is not None:
                 _add_evaluation(cell, evaluation)
-                cell.bytes_down = row.global_bytes
+                cell.bytes_down = sent.get((row.round_id, box), row.global_bytes)
             cells.append(cell)
     _add_energy(layout.fleet_health_db, rounds, updates, cells)
     return ReportData(plant, boxes, rounds, cells)
@@ -194,12 +194,18 @@ def _read_round_store(
     return rounds, arrivals
 
 
+Sent = dict[tuple[str, str], int]
+"""Bytes of global adapter queued for each (round, box): a delta or the whole file."""
+
+
 def _read_audit(
     path: Path,
-) -> tuple[dict[str, RoundAggregated], dict[tuple[str, str], EvaluationReceived]]:
-    """New global adapters by round, and each box's first evaluation per round."""
+) -> tuple[dict[str, RoundAggregated], dict[tuple[str, str], EvaluationReceived], Sent]:
+    """New global adapters by round, each box's first evaluation per round, and what each
+    box was sent down (older logs have no `global_sent`: the whole file is assumed)."""
     aggregated: dict[str, RoundAggregated] = {}
     evaluations: dict[tuple[str, str], EvaluationReceived] = {}
+    sent: Sent = {}
     if not path.exists():
         raise ReportError(f"no audit log at {path}; has the aggregator run yet?")
     try:
@@ -208,11 +214,22 @@ def _read_audit(
                 aggregated[event.round_id] = event
             elif isinstance(event, EvaluationReceived):
                 evaluations.setdefault((event.round_id, event.node_id), event)
+            elif isinstance(event, GlobalSent):
+                _add_sent(sent, event)
     except AuditError as exc:
         raise ReportError(
             f"not a readable audit record: {exc}; check the file with `appliance audit verify`"
         ) from None
-    return aggregated, evaluations
+    return aggregated, evaluations, sent
+
+
+def _add_sent(sent: Sent, event: GlobalSent) -> None:
+    for box in event.delta_to:
+        key = (event.round_id, box)
+        sent[key] = sent.get(key, 0) + (event.delta_bytes or 0)
+    for box in event.full_to:
+        key = (event.round_id, box)
+        sent[key] = sent.get(key, 0) + event.full_bytes
 
 
 def _read_rollouts(path: Path) -> dict[int, tuple[str, str | None]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.federation.audit import AuditLog
-from appliance.federation.audit_events import EvaluationReceived, RoundAggregated
+from appliance.federation.audit_events import EvaluationReceived, GlobalSent, RoundAggregated
 from appliance.federation.codec import CodecSpec
 from appliance.federation.rounds import RoundSpec, RoundStore, StoredUpdate
 from appliance.report.collect import ReportError, collect
@@ -80,6 +80,25 @@ def test_rounds_and_cells(state: Path) -> None:
         True, False, None, None, None,
     )  # fmt: skip
     assert a.energy_j is None  # no health store: not reported
+
+
+def test_bytes_down_are_what_each_box_was_sent(state: Path) -> None:
+    """A delta to a box that held the base, and the whole file asked for later: both count;
+    a log without `global_sent` (an older aggregator) reads as the whole file."""
+    audit = AuditLog(state / "audit.jsonl")
+    sent = GlobalSent(
+        round_id="r1-a",
+        global_version=1,
+        why="round",
+        delta_to=("a",),
+        delta_bytes=120,
+        full_to=(),
+        full_bytes=900,
+    )
+    audit.append_event(sent)
+    requested = sent.model_copy(update={"why": "requested", "delta_to": (), "full_to": ("a",)})
+    audit.append_event(requested)
+    assert collect(state, "plant").cell("r1-a", "a").bytes_down == 120 + 900
 
 
 def test_energy_from_rapl_counters_and_nvml_power(state: Path) -> None:
