@@ -10,15 +10,16 @@ from appliance.aggregator.strategy import build_strategy
 from appliance.config import AggregatorConfig
 from appliance.federation.protocol import AggregatorProtocol, PlainRounds
 from appliance.identity import TrustStore
-from appliance.privacy.secagg.protocol import SecureRounds
+from appliance.privacy.secagg.protocol import build_rounds
 from appliance.transport.node import TransportNode
 
 
 def build_protocol(
     config: AggregatorConfig, transport: TransportNode, trust: TrustStore, base_sha256: str
 ) -> AggregatorProtocol:
-    """Pairwise-masked rounds when `fleet.secure_aggregation.enabled`, plain ones otherwise."""
+    """Masked rounds (SecAgg+ or pairwise, by `fleet.secure_aggregation.version`) when
+    `fleet.secure_aggregation.enabled`, plain ones otherwise."""
     if config.fleet.secure_aggregation.enabled:
-        return SecureRounds(transport, trust, config.fleet.secure_aggregation)
+        return build_rounds(transport, trust, config.fleet.secure_aggregation)
     limit = config.rounds.max_update_mb * 1024 * 1024
     return PlainRounds(partial(build_strategy, config.fleet.strategy), base_sha256, limit)

@@ -28,6 +28,14 @@ class SecureAggregationPlan(Message):
     value_bound: float = Field(gt=0, le=1000, description="Shared int8 step x 127.")
     max_weight: int = Field(ge=1, le=1_000_000, description="Cap on a box's sample weight.")
     min_reporting: int = Field(ge=2, description="No seed reveal for fewer reporting boxes.")
+    version: Literal[1, 2] = Field(
+        default=1, description="1: pairwise masks; 2: SecAgg+ (Shamir shares, neighbours)."
+    )
+    threshold: float = Field(default=0.67, gt=0.5, le=1, description="v2: share fraction t.")
+    neighbours: int = Field(default=0, ge=0, description="v2: neighbours per box (0: all).")
+    ring_bits: Literal[16, 32] = Field(default=32, description="v2: bits per masked value.")
+    noise_multiplier: float = Field(default=0.0, ge=0, description="v2: distributed DP z.")
+    clip_norm: float = Field(default=1.0, gt=0, description="v2: L2 clip of B under DP.")
 
 
 class TrainingPlan(Message):

@@ -11,9 +11,10 @@ Box (`SecureBox`): publishes its mask key when it joins a secure round, encodes 
 the round's fixed point when training ends, and sends it masked as soon as the key set is
 there; commits are answered by `BoxSession` on the transport thread.
 
-Keys are in memory (issue 18 persists them): after a restart of the aggregator in the middle
-of a secure round, `finish` fails it ("lost"), and the next round starts afresh; a box
-restarted mid-round never sends its masked update and counts as dropped.
+Version 1 keeps its keys in memory: after a restart of the aggregator in the middle of a
+version-1 round, `finish` fails it ("lost"); a box restarted mid-round counts as dropped.
+Version 2 (SecAgg+, `plus_protocol.py`: `PlusRounds`, and `PlusBox` inside `SecureBox`)
+persists its round state and survives both; `build_rounds` picks the aggregator's side.
 """
 
 import logging
@@ -43,6 +44,7 @@ from appliance.privacy.secagg.encoding import Encoded, FixedPoint, Layout, layou
 from appliance.privacy.secagg.errors import SecAggError
 from appliance.privacy.secagg.messages import ReportingSet
 from appliance.privacy.secagg.participant import Participant
+from appliance.privacy.secagg.plus_protocol import PlusBox, PlusRounds
 from appliance.privacy.secagg.session import MASKED_UPDATE, AggregatorSession, BoxSession
 from appliance.transport.node import TransportNode
 
@@ -51,6 +53,15 @@ log = logging.getLogger(__name__)
 
 def fixed_point_of(plan: SecureAggregationPlan) -> FixedPoint:
     return FixedPoint(plan.value_bound, plan.max_weight)
+
+
+def build_rounds(
+    transport: TransportNode, trust: TrustStore, settings: SecureAggregationSettings
+) -> AggregatorProtocol:
+    """The aggregator's secure protocol for the configured version."""
+    if settings.version == 2:
+        return PlusRounds(transport, trust, settings)
+    return SecureRounds(transport, trust, settings)
 
 
 class SecureRounds(AggregatorProtocol):
@@ -205,6 +216,7 @@ class SecureBox(BoxProtocol):
         self.transport = transport
         self.aggregator_id = aggregator_id
         self.session = BoxSession(transport, aggregator_id)
+        self.plus = PlusBox(transport, aggregator_id)  # plan version 2 (SecAgg+)
         self._pending: _Pending | None = None
         self._lock = threading.Lock()
 
@@ -213,6 +225,9 @@ class SecureBox(BoxProtocol):
         plan = round_.plan.secure_aggregation
         if plan is None:
             raise ValueError(f"round {round_.round_id} is not a secure round")
+        if plan.version == 2:
+            self.plus.join(round_)
+            return
         participant = Participant(
             self.transport.key,
             self.transport.trust,
@@ -231,6 +246,8 @@ class SecureBox(BoxProtocol):
         plan = round_.plan.secure_aggregation
         if plan is None:
             raise ValueError(f"round {round_.round_id} is not a secure round")
+        if plan.version == 2:
+            return self.plus.prepare(round_, local)
         fixed, layout = fixed_point_of(plan), layout_of(local.base)
         encoded = fixed.encode(local.deltas, layout, local.sample_count)
         with self._lock:
@@ -241,6 +258,7 @@ class SecureBox(BoxProtocol):
 
     def tick(self) -> None:
         """Send the pending masked update if the round's key set has arrived."""
+        self.plus.tick()
         with self._lock:
             pending = self._pending
             participant = self.session.participant
