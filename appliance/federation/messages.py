@@ -7,7 +7,7 @@ it does not understand instead of guessing.
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from appliance.config.base import TopicSafeId
 from appliance.config.lora import LoraSpec
@@ -20,6 +20,9 @@ ROUND_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 class Message(WireModel):
     """Strict, closed, finite, immutable: a body the transport signs and sends."""
+
+
+_V2_FIELDS = ("version", "threshold", "neighbours", "ring_bits", "noise_multiplier", "clip_norm")
 
 
 class SecureAggregationPlan(Message):
@@ -36,6 +39,15 @@ class SecureAggregationPlan(Message):
     ring_bits: Literal[16, 32] = Field(default=32, description="v2: bits per masked value.")
     noise_multiplier: float = Field(default=0.0, ge=0, description="v2: distributed DP z.")
     clip_norm: float = Field(default=1.0, gt=0, description="v2: L2 clip of B under DP.")
+
+    @model_serializer(mode="wrap")
+    def _version_1_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A version-1 plan is written in its old shape (announcements, stored plans, logs)."""
+        data: dict[str, object] = handler(self)
+        if self.version == 1:
+            for name in _V2_FIELDS:
+                data.pop(name, None)
+        return data
 
 
 class TrainingPlan(Message):
