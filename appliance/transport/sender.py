@@ -381,7 +381,7 @@ class Sender:
             record_rejection(log, self.counters, "ack", message.topic, exc)
             return
         delivered = self.outbox.record_ack(outgoing.entry.seq, ack.receiver)
-        if outgoing.manifest.kind == "global":
+        if outgoing.manifest.kind in ("global", "global_delta"):
             failpoint("aggregator.global_acked")
         if delivered:
             self.counters.inc("artifacts_delivered")

@@ -138,8 +138,8 @@ def test_a_new_round_protocol_runs_through_the_unchanged_aggregator(
     assert done["participants"] == [BOX] and done["global_version"] == 1
     (refused,) = read_audit(layout.audit_log, "update_rejected")
     assert refused["reason"] == f"not a tally from {BOX}"
-    assert aggregator.transport.outbox.holds_artifact(
-        "global", {"round_id": round_.round_id, "global_version": 1}
+    assert aggregator.transport.outbox.holds_artifact(  # every box can rebuild v0: a delta
+        "global_delta", {"round_id": round_.round_id, "global_version": 1}
     )
     assert aggregator.transport.client.counters.get("rejected.unexpected_artifact") == 1
 
