@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.privacy.secagg import SecAggError, ring, shamir
+from appliance.config.secure_aggregation import SecureAggregationSettings
+from appliance.privacy.secagg import SecAggError, noise, ring, shamir
 from appliance.privacy.secagg.graph import neighbours, threshold_of
 from appliance.privacy.secagg.plus_collector import Phase
 from appliance.privacy.secagg.plus_messages import (
@@ -18,6 +19,7 @@ from appliance.privacy.secagg.plus_messages import (
     PlusCommit,
     unpack_masked_v2,
 )
+from appliance.privacy.secagg.plus_protocol import plan_for
 from tests.privacy.secagg_plus_support import GLOBAL, PHASES, PlusRound, wire
 from tests.privacy.secagg_support import AGG, ROUND, world
 
@@ -314,3 +316,30 @@ def test_replayed_late_and_misdirected_messages_are_refused(tmp_path: Path) -> N
         r.collector.add_reveal(reveal, "box1")
     with pytest.raises(SecAggError, match="sender_mismatch"):
         r.collector.add_reveal(r.boxes["box2"].reveal(ackset, AGG), "box3")
+
+
+def test_the_ring_is_sixteen_bits_only_where_the_sum_cannot_wrap() -> None:
+    settings = SecureAggregationSettings(enabled=True, max_weight=1)
+    assert plan_for(settings, 100, 184_320).ring_bits == 16  # 100 x 127 < 2^15
+    assert plan_for(settings, 300, 184_320).ring_bits == 32  # 300 x 127 > 2^15
+    weighted = SecureAggregationSettings(enabled=True, max_weight=8)
+    assert plan_for(weighted, 32, 1000).ring_bits == 16
+    assert plan_for(weighted, 33, 1000).ring_bits == 32
+    assert plan_for(SecureAggregationSettings(enabled=True), 3, 1000).ring_bits == 32
+    noisy = settings.model_copy(update={"noise_multiplier": 1.0})
+    # each share is cut at 6 std = 606 code units here: 3 boxes fit 16 bits, 100 do not
+    assert plan_for(noisy, 3, 1000).ring_bits == 16
+    assert plan_for(noisy, 100, 1000).ring_bits == 32
+    with pytest.raises(ValueError, match="could wrap"):
+        plan_for(settings.model_copy(update={"ring_bits": 16}), 300, 1000)
+
+
+def test_noise_shares_sum_to_the_central_noise_and_stay_within_their_margin() -> None:
+    rng = np.random.default_rng(4)
+    std = noise.share_std(1.5, 1000.0, 9)
+    assert std == pytest.approx(1.5 * 1000.0 / 3)
+    shares = [noise.noise_share(50_000, std, rng) for _ in range(9)]
+    assert max(int(np.abs(s).max()) for s in shares) <= noise.per_box_margin(std)
+    assert np.std(sum(shares)) == pytest.approx(1.5 * 1000.0, rel=0.02)
+    assert noise.effective_multiplier(1.5, 36, 9) == pytest.approx(3.0)
+    assert not noise.noise_share(10, 0.0, rng).any()

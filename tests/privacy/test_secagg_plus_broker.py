@@ -26,6 +26,8 @@ from appliance.federation.protocol import (
 )
 from appliance.federation.rounds import Round, RoundState, StoredUpdate
 from appliance.identity import NodeKey
+from appliance.privacy.accountant import PrivacyLedger, Release, epsilon
+from appliance.privacy.secagg import noise
 from appliance.privacy.secagg.encoding import FixedPoint
 from appliance.privacy.secagg.plus_collector import Phase
 from appliance.privacy.secagg.plus_messages import AckSet, PlusKey
@@ -60,8 +62,14 @@ class Fleet:
     """The aggregator's and the boxes' nodes and protocols, and the aggregator's round store
     as far as the protocol needs one (the admitted blobs)."""
 
-    def __init__(self, w: World, broker: Mosquitto, tmp_path: Path) -> None:
-        self.w, self.broker, self.tmp_path = w, broker, tmp_path
+    def __init__(
+        self,
+        w: World,
+        broker: Mosquitto,
+        tmp_path: Path,
+        settings: SecureAggregationSettings = SETTINGS,
+    ) -> None:
+        self.w, self.broker, self.tmp_path, self.settings = w, broker, tmp_path, settings
         self.rng = np.random.default_rng(3)
         self.stored: dict[str, StoredUpdate] = {}
         self.refused: list[str] = []
@@ -85,7 +93,7 @@ class Fleet:
 
     def _start_aggregator(self) -> None:
         self.agg_node = self.node(self.w.agg)
-        self.agg = PlusRounds(self.agg_node, self.w.trust, SETTINGS)
+        self.agg = PlusRounds(self.agg_node, self.w.trust, self.settings)
         self.agg_node.start()
         self.agg_node.client.wait_connected(60)
         self._stopping = threading.Event()
@@ -323,3 +331,48 @@ def test_forged_replayed_and_inconsistent_messages_over_the_broker(fleet: Fleet)
     outcome = fleet.finish()
     assert isinstance(outcome, Aggregated), outcome
     assert len(outcome.facts.participants) == 10
+
+
+def test_distributed_dp_noise_and_the_fleet_epsilon(tmp_path: Path, broker: Mosquitto) -> None:
+    """Each box clips its B change and adds its noise share; the sum carries the whole noise
+    (its error is that of z * sensitivity, not of one share), and the aggregator's fleet
+    ledger reports the epsilon of the effective multiplier, composed over rounds."""
+    settings = SETTINGS.model_copy(
+        update={"noise_multiplier": 0.8, "clip_norm": 0.05, "min_reporting": 4}
+    )
+    fleet = Fleet(world(tmp_path, 4, seed=9), broker, tmp_path, settings)
+    try:
+        announcement = fleet.open()
+        assert fleet.round is not None
+        plan = fleet.round.plan.secure_aggregation
+        assert plan is not None and plan.noise_multiplier == 0.8 and plan.ring_bits == 32
+        for box in fleet.boxes.values():
+            box.join(announcement)
+        fleet.tick_until(Phase.UPDATES, "the share relays")
+        codes = {name: fleet.prepare(name) for name in fleet.boxes}
+        wait_for(lambda: len(fleet.stored) == 4, "four masked updates")
+        outcome = fleet.finish()
+        assert isinstance(outcome, Aggregated), outcome
+    finally:
+        fleet.stop()
+    report = outcome.result.report
+    z = noise.effective_multiplier(0.8, 4, 4)
+    assert report["noise_multiplier"] == pytest.approx(z)
+    assert report["fleet_epsilon"] == pytest.approx(epsilon([Release(ROUND_ID, z)], 1e-5))
+    assert 0 < float(report["fleet_epsilon"]) < 100
+    # the noise of the sum, in code units, is what four shares give: std z * sensitivity
+    count = sum(r * c for _, r, c in fleet.w.layout)
+    fixed = FixedPoint(settings.value_bound, settings.max_weight)
+    sens = noise.sensitivity(0.05, fixed.step, settings.max_weight, count)
+    total = sum(c for c, _ in codes.values())
+    weight = sum(w for _, w in codes.values())
+    got = np.concatenate(
+        [
+            (outcome.result.factors[n][1] - fleet.w.base.factors[n][1]).ravel()
+            for n, _, _ in fleet.w.layout
+        ]
+    ).astype(np.float64)
+    residual = got * weight / fixed.step - total  # noise in code units (clipping aside)
+    assert np.std(residual) == pytest.approx(0.8 * sens, rel=0.25)
+    ledger = PrivacyLedger.load(tmp_path / f"state-{AGG}" / "secagg-fleet-privacy.json")
+    assert ledger.rounds() == {ROUND_ID}

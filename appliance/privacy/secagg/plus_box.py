@@ -120,7 +120,8 @@ class PlusParticipant:
         on_change: Callable[[BoxState], None] | None = None,
     ) -> None:
         self.key, self.trust, self.state = key, trust, state
-        self._on_change = on_change or (lambda _s: None)
+        self.on_change = on_change or (lambda _s: None)
+        """Called with the state after every change (the owner persists it there)."""
 
     @classmethod
     def fresh(
@@ -446,7 +447,7 @@ class PlusParticipant:
             raise SecAggError("wrong_round", f"{round_id} is not round {self.state.round_id}")
 
     def _changed(self) -> None:
-        self._on_change(self.state)
+        self.on_change(self.state)
 
 
 def _points(keyset: PlusKeySet) -> dict[str, int]:
