@@ -76,13 +76,14 @@ class SecureAggregationSettings(Section):
         "dropping after the commit fails the round).",
     )
     threshold: float = Field(
-        default=0.67,
+        default=0.6,
         gt=0.5,
         le=1.0,
         description="Version 2: the fraction t of a box's share holders (its neighbours and "
         "itself) whose shares rebuild its secrets; the round completes while every box keeps "
-        "t holders, i.e. with up to n - t dropouts. More than 1/2, or two halves could each "
-        "approve a different survivor set; Bonawitz et al. take 2/3 against an active server.",
+        "t holders, i.e. with up to n - t dropouts (0.6: t = 2 of 3, 6 of 10, 60 of 100). More "
+        "than 1/2, or two halves could each approve a different survivor set; Bonawitz et al. "
+        "take 2/3 against an active server that also controls boxes.",
     )
     neighbours: int = Field(
         default=0,

@@ -1,9 +1,11 @@
-"""Secure aggregation (pairwise masking, Bonawitz et al. 2017, without Shamir shares).
+"""Secure aggregation: the aggregator learns only the sum of the boxes' updates.
 
-Boxes agree pairwise seeds with X25519 (keys signed with their identity keys and relayed by
-the aggregator), add ChaCha20-expanded masks to fixed-point integer updates modulo 2^32 and
-send them; the masks cancel in the sum. After the aggregator commits who reported, survivors
-reveal the seeds they share with dropped boxes, and the aggregator learns only the sum.
+Version 2, SecAgg+ (Bell et al. 2020; `plus_*`, `shamir`, `graph`, `sealing`, `ring`,
+`vault`, `noise`): Shamir shares of every box's self-mask seed and mask key among its
+neighbours, so a round survives dropouts at any phase; a signed consistency check before any
+reveal; round state persisted encrypted; a 16-bit ring where the sum cannot wrap; distributed
+DP noise. Version 1 (`participant`, `collector`, `session`): pairwise masks (Bonawitz et al.
+2017 without Shamir shares); survivors reveal the seeds they share with dropped boxes.
 See docs/privacy.md, "Secure aggregation".
 """
 

@@ -121,6 +121,7 @@ class PlusParticipant:
     ) -> None:
         self.key, self.trust, self.state = key, trust, state
         self.on_change = on_change or (lambda _s: None)
+        self._mine: tuple[PlusKeySet, tuple[str, ...]] | None = None
         """Called with the state after every change (the owner persists it there)."""
 
     @classmethod
@@ -428,9 +429,12 @@ class PlusParticipant:
         return seeds
 
     def _neighbours(self) -> tuple[str, ...]:
+        """This box's neighbours in the round (computed once per key set object)."""
         keyset = self._keyset()
-        graph = neighbours(keyset.members, self.state.params.neighbours, self.state.round_id)
-        return graph[self.node_id]
+        if self._mine is None or self._mine[0] is not keyset:
+            graph = neighbours(keyset.members, self.state.params.neighbours, self.state.round_id)
+            self._mine = (keyset, graph[self.node_id])
+        return self._mine[1]
 
     def _threshold(self) -> int:
         return threshold_of(self.state.params.threshold, len(self._neighbours()) + 1)

@@ -101,6 +101,7 @@ class PlusCollector:
         self.state, self.trust = state, trust
         self.fixed_point = FixedPoint(state.value_bound, state.max_weight)
         self._values: dict[str, np.ndarray] = {}
+        self._graph_of: tuple[PlusKeySet, dict[str, tuple[str, ...]]] | None = None
 
     @property
     def phase(self) -> Phase:
@@ -132,6 +133,14 @@ class PlusCollector:
 
     def weight_of(self, node: str) -> int:
         return self.state.reported[node][0]
+
+    def holders_of(self, owner: str) -> tuple[str, ...]:
+        """The boxes holding `owner`'s shares: its neighbours and itself."""
+        return (*self._graph()[owner], owner)
+
+    def threshold_for(self, owner: str) -> int:
+        """How many of its holders' shares rebuild `owner`'s secrets."""
+        return self._threshold_of(owner)
 
     # -- keys ---------------------------------------------------------------------------------
 
@@ -444,8 +453,12 @@ class PlusCollector:
         return combine(raw, self._threshold_of(owner))
 
     def _graph(self) -> dict[str, tuple[str, ...]]:
+        """The round's neighbour graph (computed once per key set object)."""
         keyset = self._keyset()
-        return neighbours(keyset.members, self.state.params.neighbours, self.state.round_id)
+        if self._graph_of is None or self._graph_of[0] is not keyset:
+            graph = neighbours(keyset.members, self.state.params.neighbours, self.state.round_id)
+            self._graph_of = (keyset, graph)
+        return self._graph_of[1]
 
     def _points(self) -> dict[str, int]:
         return {m: i + 1 for i, m in enumerate(self._keyset().members)}
