@@ -89,6 +89,12 @@ class EdgeLayout:
         return self.adapters_dir / f"global-v{version}.gguf"
 
     @property
+    def solo_adapter(self) -> Path:
+        """The local-only ("solo") baseline: trained on this box's data alone, round after
+        round, never from a global adapter and never sent (`[evaluation] solo_baseline`)."""
+        return self.adapters_dir / "solo.gguf"
+
+    @property
     def rounds_dir(self) -> Path:
         return self.state_dir / "rounds"
 

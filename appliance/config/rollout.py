@@ -82,6 +82,12 @@ class EvaluationSettings(Section):
     max_new_tokens: int = Field(
         default=48, ge=1, le=1024, description="Tokens generated per prompt for the task metric."
     )
+    solo_baseline: bool = Field(
+        default=False,
+        description="Also train a local-only adapter each round, continuing the box's own "
+        "previous one and never the global, and report it beside the global (shows what "
+        "federating buys; doubles training time; never sent).",
+    )
 
     @field_validator("label_pattern")
     @classmethod

@@ -23,6 +23,7 @@ from appliance.edge.evaluation import compare, held_out
 from appliance.edge.global_intake import BaseMissingError, BoxModel, delta_header, rebuild
 from appliance.edge.plant_set import PlantSet, plant_fields, score_local, score_local_late
 from appliance.edge.protocols import box_protocols
+from appliance.edge.solo import SoloBaseline, SoloRun, activity
 from appliance.edge.state import OBEYED_KEPT, EdgeState
 from appliance.edge.training_run import (
     RunOutcome,
@@ -98,6 +99,18 @@ class EdgeService:
         self.feedback = self._load_feedback()
         self.privacy = PrivacyGuard(config.privacy, self.layout.state_dir)
         self.plant_set = PlantSet(self.layout.plant_set)  # the plant's shared questions
+        self.solo = SoloBaseline(  # the local-only baseline, when [evaluation] asks for it
+            settings=config.evaluation,
+            layout=self.layout,
+            runtime=self.runtime,
+            template=self._template,
+            spool=self.spool,
+            plant=self.plant_set,
+            state=self.state,
+            save=lambda: self.state.save(self._state_path),
+            publish=self._publish_evaluations,
+            base_shapes=self._shapes,
+        )
         self.active: Adapter | None = None
         self.training: TrainingRun | None = None
         self._waiting: RoundAnnouncement | None = None
@@ -152,6 +165,7 @@ class EdgeService:
             self.training.resume()
             self.training.stop.set()
             self.training.join(timeout_s=120)
+        self.solo.abandon()  # held evaluations go out with the flush, without solo numbers
         set_fields(ROUND=None)
         flush_outbox(self.transport)
         self.health.stop()
@@ -167,7 +181,7 @@ class EdgeService:
             else f"global v{self.state.active_version}"
         )
         train, held = self.spool.counts()
-        doing = f"training {self.training.round_id}" if self.training else "idle"
+        doing = activity(self.training)
         return f"{doing}; serving {version}; {train} training / {held} held-out records"
 
     def step(self, now: float | None = None) -> str:
@@ -186,7 +200,11 @@ class EdgeService:
             protocol.tick()  # a masked update waits for its round's key set
         if self.training is not None and (outcome := self.training.outcome()) is not None:
             run, self.training = self.training, None
-            self._finish_round(run, outcome)
+            if isinstance(run, SoloRun):
+                self.solo.finish(run, outcome)
+            else:
+                self._finish_round(run, outcome)
+                self.training = self.solo.start_after(run)  # None unless [evaluation] asks
             set_fields(ROUND=None)
         self._snapshot = self._daemon_state()
         return self.status()
@@ -656,7 +674,7 @@ class EdgeService:
                 task_local=self.state.local_task.get(round_id),
                 **plant_fields(plant, self.state, round_id),
             )
-            self.state.unsent_evaluations.append(evaluation.model_dump(mode="json"))
+            self.solo.add_evaluation(evaluation)  # held while the round's solo run trains
         self.state.save(self._state_path)  # the commit point
         failpoint("edge.global_activated")
         self._publish_evaluations()

@@ -49,6 +49,22 @@ class EdgeState:
     plant_set_published_at: float | None = None
     """When the aggregator published the plant evaluation set held (an older one is
     refused)."""
+    solo_round: str | None = None
+    """The round whose local-only ("solo") baseline is training now: a restart finds it set
+    and sends that round's held evaluations without solo numbers."""
+    solo_nll: dict[str, float] = field(default_factory=dict)
+    """Per round: the solo baseline's NLL on the held-out data..."""
+    solo_task: dict[str, float] = field(default_factory=dict)
+    """...its exact-match rate there..."""
+    plant_solo_nll: dict[str, float] = field(default_factory=dict)
+    """...its NLL on the plant evaluation set..."""
+    plant_solo_task: dict[str, float] = field(default_factory=dict)
+    """...its exact-match rate there..."""
+    plant_solo_sha256: dict[str, str] = field(default_factory=dict)
+    """...and which content of the set the plant numbers were measured on."""
+    held_evaluations: list[dict[str, Any]] = field(default_factory=list)
+    """Evaluations of a round whose solo baseline is still training: they wait for its
+    numbers (or for its failure), then move to `unsent_evaluations`."""
     train_seconds: dict[str, float] = field(default_factory=dict)
     sending: list[str] = field(default_factory=list)
     """Done rounds whose prepared update (`rounds/<id>/update.bin`) may not be in the outbox
@@ -142,6 +158,13 @@ _CHECKS: dict[str, Callable[[object], bool]] = {
     "plant_local_task": _str_to_number,
     "plant_local_sha256": _str_to_str,
     "plant_set_published_at": _optional(_number),
+    "solo_round": _optional(_str),
+    "solo_nll": _str_to_number,
+    "solo_task": _str_to_number,
+    "plant_solo_nll": _str_to_number,
+    "plant_solo_task": _str_to_number,
+    "plant_solo_sha256": _str_to_str,
+    "held_evaluations": _list_of(_object),
     "train_seconds": _str_to_number,
     "sending": _list_of(_str),
     "evaluated_versions": _list_of(_int),

@@ -184,6 +184,19 @@ class Evaluation(Message):
     plant_task_base: float | None = Field(default=None, ge=0, le=1)
     plant_task_local: float | None = Field(default=None, ge=0, le=1)
     plant_task_global: float | None = Field(default=None, ge=0, le=1)
+    nll_solo: float | None = Field(
+        default=None,
+        description="Held-out NLL of the box's local-only baseline of the round: trained on "
+        "its data alone, round after round, never from a global adapter (None: the box does "
+        "not train one, `[evaluation] solo_baseline`, or its run failed).",
+    )
+    task_solo: float | None = Field(
+        default=None, ge=0, le=1, description="Its exact-match rate on the held-out records."
+    )
+    plant_nll_solo: float | None = Field(
+        default=None, description="Its NLL on the plant evaluation set (plant_set_sha256)."
+    )
+    plant_task_solo: float | None = Field(default=None, ge=0, le=1)
 
 
 class Command(Message):
