@@ -4,7 +4,9 @@ Besides each box's spool the demo writes a plant evaluation set: questions from 
 that no box trains on (records drawn past the end of each spool). The aggregator publishes
 it to every box, and each box scores the base model, its local adapter and the global one on
 it, which shows what federating buys: a local adapter knows its own line, the global one
-the plant.
+the plant. With `solo_baseline` each box also trains a local-only adapter, round after
+round from its own data alone, and scores it beside the global one: the counterfactual of a
+box that never federated (the round's local adapter starts from the previous global one).
 """
 
 import json
@@ -57,6 +59,9 @@ class FleetOptions:
     plant_set_per_line: int = PLANT_SET_PER_LINE
     """Records of each line in the plant evaluation set (0: no set, boxes score their own
     data only)."""
+    solo_baseline: bool = False
+    """Boxes also train a local-only adapter each round (`[evaluation] solo_baseline`): what
+    each would know alone, beside the global adapter. The demo turns it on."""
 
 
 def lay_out(root: Path, options: FleetOptions) -> FleetLayout:
@@ -150,6 +155,8 @@ def _config(layout: FleetLayout, node: str, key: Path, trust: Path, options: Fle
             lines += ["[evaluation_set]", f'path = "{layout.plant_set}"']
     else:
         lines += ["[federation]", f'aggregator_id = "{AGGREGATOR}"', "spool_scan_s = 1.0"]
+        if options.solo_baseline:
+            lines += ["[evaluation]", "solo_baseline = true"]
     return "\n".join(lines) + "\n"
 
 

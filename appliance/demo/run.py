@@ -52,8 +52,10 @@ def run_demo(
     quiet: bool = False,
     codec: tuple[tuple[str, object], ...] | None = None,
     training: dict[str, object] | None = None,
+    solo_baseline: bool = True,
 ) -> dict[str, Any]:
-    """Run the whole system; returns the JSON summary. Ctrl-C or SIGTERM stop every process."""
+    """Run the whole system; returns the JSON summary. Ctrl-C or SIGTERM stop every process.
+    `solo_baseline`: boxes also train a local-only adapter each round (twice the training)."""
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and children inherit that.
     for stop_signal in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop_signal, _interrupt)
@@ -65,7 +67,13 @@ def run_demo(
         stack.callback(stop_process, broker)
         model_path, default_training, records = _model_choice(model, root)
         options = FleetOptions(
-            boxes, rounds, model_path, port, records, {**default_training, **(training or {})}
+            boxes,
+            rounds,
+            model_path,
+            port,
+            records,
+            {**default_training, **(training or {})},
+            solo_baseline=solo_baseline,
         )
         if codec is not None:
             options = replace(options, codec=codec)

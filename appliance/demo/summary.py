@@ -4,6 +4,11 @@ Each box's numbers come twice: on its own held-out data (how well an adapter kno
 box's line) and on the plant evaluation set (questions from every line, the same for every
 box: how well it knows the plant). The local adapter tends to win the first, the global one
 the second, which is the point of federating.
+
+The round's local adapter starts from the previous global one, so after the first round it
+already holds what the other lines taught; a box with `[evaluation] solo_baseline` also
+reports a solo adapter (its own data alone, every round, never a global one): the column
+that says whether the box would be better off alone.
 """
 
 from dataclasses import dataclass, field
@@ -52,9 +57,11 @@ def _box_json(evaluation: EvaluationReceived) -> dict[str, float | None]:
     """One box's numbers in the summary: own held-out data, then the plant set."""
     return {
         "nll_base": evaluation.nll_base,
+        "nll_solo": evaluation.nll_solo,
         "nll_local": evaluation.nll_local,
         "nll_global": evaluation.nll_global,
         "plant_nll_base": evaluation.plant_nll_base,
+        "plant_nll_solo": evaluation.plant_nll_solo,
         "plant_nll_local": evaluation.plant_nll_local,
         "plant_nll_global": evaluation.plant_nll_global,
     }
@@ -108,9 +115,8 @@ def round_table(summary: RoundSummary, boxes: tuple[str, ...]) -> str:
     lines = [
         f"round {summary.round_id}: global adapter v{summary.global_version}, {seconds}, "
         f"strategy {summary.strategy.get('strategy')}",
-        f"  {'':<8} {'own held-out data (NLL)':^29} {'plant evaluation set (NLL)':^29}",
-        f"  {'box':<8} {'base':>9} {'local':>9} {'global':>9} {'base':>9} {'local':>9} "
-        f"{'global':>9} {'bytes up':>10} {'ratio':>7}",
+        f"  {'':<8} {'own held-out data (NLL)':^39} {'plant evaluation set (NLL)':^39}",
+        f"  {'box':<8} {' '.join(f'{c:>9}' for c in _HEADS)} {'bytes up':>10} {'ratio':>7}",
     ]
     for box in boxes:
         evaluation = summary.boxes.get(box)
@@ -129,31 +135,35 @@ def round_table(summary: RoundSummary, boxes: tuple[str, ...]) -> str:
 
 _COLUMNS = (
     "nll_base",
+    "nll_solo",
     "nll_local",
     "nll_global",
     "plant_nll_base",
+    "plant_nll_solo",
     "plant_nll_local",
     "plant_nll_global",
 )
+_HEADS = ("base", "solo", "local", "global") * 2
 
 
 def plant_verdict(summary: RoundSummary, boxes: tuple[str, ...]) -> str | None:
-    """One line: on how many boxes the global adapter beats the local one plant-wide, and
-    by how much on average (None: no box scored both on the plant set)."""
-    gains = [
-        e.plant_nll_local - e.plant_nll_global
-        for box in boxes
-        if (e := summary.boxes.get(box)) is not None
-        and e.plant_nll_local is not None
-        and e.plant_nll_global is not None
-    ]
-    if not gains:
-        return None
-    better = sum(gain > 0 for gain in gains)
-    return (
-        f"plant-wide: the global adapter beats the local one on {better} of {len(gains)} "
-        f"boxes, by {sum(gains) / len(gains):+.4f} nats/token on average"
-    )
+    """One line: on how many boxes the global adapter beats the solo one plant-wide (the
+    local one where no box reported a solo adapter), and by how much on average (None: no
+    box scored both on the plant set)."""
+    evaluations = [e for box in boxes if (e := summary.boxes.get(box)) is not None]
+    solo = [(e.plant_nll_solo, e.plant_nll_global) for e in evaluations]
+    local = [(e.plant_nll_local, e.plant_nll_global) for e in evaluations]
+    for name, pairs in (("solo (local-only)", solo), ("local", local)):
+        gains = [
+            other - global_ for other, global_ in pairs if other is not None and global_ is not None
+        ]
+        if gains:
+            better = sum(gain > 0 for gain in gains)
+            return (
+                f"plant-wide: the global adapter beats the {name} one on {better} of "
+                f"{len(gains)} boxes, by {sum(gains) / len(gains):+.4f} nats/token on average"
+            )
+    return None
 
 
 def _f(value: float | None) -> str:

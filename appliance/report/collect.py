@@ -62,6 +62,12 @@ class Cell:
     plant_task_base: float | None = None
     plant_task_local: float | None = None
     plant_task_global: float | None = None
+    nll_solo: float | None = None
+    """The box's solo baseline (its own data alone, never a global adapter), when it
+    trains one: held-out NLL..."""
+    task_solo: float | None = None
+    plant_nll_solo: float | None = None
+    plant_task_solo: float | None = None
 
     @property
     def nll_gain(self) -> float | None:
@@ -83,6 +89,14 @@ class Cell:
         if self.plant_nll_base is None or self.plant_nll_global is None:
             return None
         return self.plant_nll_base - self.plant_nll_global
+
+    @property
+    def plant_nll_gain_over_solo(self) -> float | None:
+        """Plant-wide NLL the global adapter saves against the box's solo baseline: what
+        federating buys over training alone (None: no solo baseline reported)."""
+        if self.plant_nll_solo is None or self.plant_nll_global is None:
+            return None
+        return self.plant_nll_solo - self.plant_nll_global
 
     @property
     def plant_task_gain(self) -> float | None:
@@ -166,7 +180,8 @@ _EVALUATION_FIELDS = (
     "nll_base", "nll_local", "nll_global", "train_seconds", "task_base", "task_local",
     "task_global", "task_records", "activated", "plant_set_sha256", "plant_tokens",
     "plant_nll_base", "plant_nll_local", "plant_nll_global", "plant_task_records",
-    "plant_task_base", "plant_task_local", "plant_task_global",
+    "plant_task_base", "plant_task_local", "plant_task_global", "nll_solo", "task_solo",
+    "plant_nll_solo", "plant_task_solo",
 )  # fmt: skip
 """The evaluation's numbers a cell carries, under the same names."""
 

@@ -74,6 +74,7 @@ def _table(columns: tuple[str, ...], rows: list[dict[str, Any]], table_id: str =
 _GAIN_COLUMNS = (
     "box", "served (round)", "NLL base / local / global", "exact match base / local / global",
     "plant-wide NLL base / local / global", "plant-wide exact match base / local / global",
+    "solo NLL own / plant-wide",
 )  # fmt: skip
 
 
@@ -100,6 +101,9 @@ def _gain_row(box: str, cell: Cell | None) -> dict[str, Any]:
             cell.plant_task_base, cell.plant_task_local, cell.plant_task_global, ".1%"
         )
         + plant_task,
+        _GAIN_COLUMNS[6]: " / ".join(
+            "-" if v is None else f"{v:.3f}" for v in (cell.nll_solo, cell.plant_nll_solo)
+        ),
     }
 
 
@@ -109,7 +113,9 @@ def _roi_section(roi: Roi) -> list[str]:
         '<h2 id="roi">Return on investment</h2>',
         "<p>Gains of the global adapter each box serves (its latest evaluation of an "
         "adapter it activated and the rollout kept), on its own held-out records and on "
-        "the plant-wide evaluation set; NLL in nats per token (lower is better).</p>",
+        "the plant-wide evaluation set; NLL in nats per token (lower is better). Solo: the "
+        "box's local-only baseline (its own data alone, never a global adapter), where it "
+        "trains one.</p>",
         _table(_GAIN_COLUMNS, [_gain_row(b.box, b.served) for b in roi.boxes], "roi-gains"),
     ]
     settings = roi.settings

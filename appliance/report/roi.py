@@ -274,6 +274,9 @@ def _box_json(box: BoxReturn) -> dict[str, object]:
         "task_gain": None if served is None else served.task_gain,
         "plant_nll_gain": None if served is None else served.plant_nll_gain,
         "plant_task_gain": None if served is None else served.plant_task_gain,
+        "nll_solo": None if served is None else served.nll_solo,
+        "plant_nll_solo": None if served is None else served.plant_nll_solo,
+        "plant_nll_gain_over_solo": None if served is None else served.plant_nll_gain_over_solo,
     }
     return {
         **gains,

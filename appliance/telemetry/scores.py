@@ -4,6 +4,7 @@ Each box scores every global adapter it gets on its own held-out data and, when 
 publishes an evaluation set, on the plant's shared questions too (appliance/edge/plant_set.py).
 The aggregator audits each evaluation as the box signed it; this reads the latest one of each
 box from the audit log (read-only, while the aggregator writes it) and shows base model,
+solo adapter (its own data alone, when the box trains one: `[evaluation] solo_baseline`),
 local adapter and global adapter side by side on both. The own-data numbers say how well an
 adapter knows the box's line, the plant numbers how well it knows the plant.
 """
@@ -30,16 +31,20 @@ class BoxScores:
             "round_id": e.round_id,
             "global_version": e.global_version,
             "nll_base": e.nll_base,
+            "nll_solo": e.nll_solo,
             "nll_local": e.nll_local,
             "nll_global": e.nll_global,
             "task_base": e.task_base,
+            "task_solo": e.task_solo,
             "task_local": e.task_local,
             "task_global": e.task_global,
             "plant_set_sha256": e.plant_set_sha256,
             "plant_nll_base": e.plant_nll_base,
+            "plant_nll_solo": e.plant_nll_solo,
             "plant_nll_local": e.plant_nll_local,
             "plant_nll_global": e.plant_nll_global,
             "plant_task_base": e.plant_task_base,
+            "plant_task_solo": e.plant_task_solo,
             "plant_task_local": e.plant_task_local,
             "plant_task_global": e.plant_task_global,
         }
@@ -60,12 +65,23 @@ def latest_scores(audit_log: Path) -> list[BoxScores]:
 
 
 def render_scores(scores: list[BoxScores]) -> str:
-    """The table under the health table: NLL (nats/token, lower is better) of base, local
-    and global, on the box's own data and on the plant set ('-': not measured)."""
+    """The table under the health table: NLL (nats/token, lower is better) of base, solo,
+    local and global, on the box's own data and on the plant set ('-': not measured)."""
     if not scores:
         return ""
     rows = [
-        ("SCORES", "GLOBAL", "OWN BASE", "LOCAL", "GLOBAL", "PLANT BASE", "LOCAL", "GLOBAL"),
+        (
+            "SCORES",
+            "GLOBAL",
+            "OWN BASE",
+            "SOLO",
+            "LOCAL",
+            "GLOBAL",
+            "PLANT BASE",
+            "SOLO",
+            "LOCAL",
+            "GLOBAL",
+        ),
         *(
             (
                 s.box,
@@ -74,9 +90,11 @@ def render_scores(scores: list[BoxScores]) -> str:
                     _nll(value)
                     for value in (
                         s.evaluation.nll_base,
+                        s.evaluation.nll_solo,
                         s.evaluation.nll_local,
                         s.evaluation.nll_global,
                         s.evaluation.plant_nll_base,
+                        s.evaluation.plant_nll_solo,
                         s.evaluation.plant_nll_local,
                         s.evaluation.plant_nll_global,
                     )

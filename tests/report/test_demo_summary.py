@@ -31,8 +31,13 @@ def test_rounds_with_their_evaluations_and_ratios(tmp_path: Path) -> None:
     assert (secure.round_id, secure.seconds, secure.ratio("box-1")) == ("r2-b", None, None)
     summary = json.loads(json.dumps(plain.as_json()))
     assert summary["compression_ratio"] == {"box-1": 3072 / 1525, "box-2": 3072 / 1525}
-    no_plant_set = {"plant_nll_base": None, "plant_nll_local": None, "plant_nll_global": None}
-    own = {"nll_base": 4.0, "nll_local": 3.5, "nll_global": 3.0}
+    no_plant_set = {
+        "plant_nll_base": None,
+        "plant_nll_solo": None,
+        "plant_nll_local": None,
+        "plant_nll_global": None,
+    }
+    own = {"nll_base": 4.0, "nll_solo": None, "nll_local": 3.5, "nll_global": 3.0}
     assert summary["boxes"] == {"box-1": own | no_plant_set}
     assert secure.as_json()["compression_ratio"] == {}
 
@@ -42,11 +47,14 @@ def test_the_round_table_shows_what_is_known(tmp_path: Path) -> None:
     plain, secure = read_rounds(log.path, {}, {})
     table = round_table(plain, ("box-1", "box-2")).splitlines()
     assert table[0] == "round r1-a: global adapter v1, ?, strategy fedavg-frozen-a"
-    # own held-out NLL base, local, global; then the same on the plant set (none here)
-    assert table[3].split() == ["box-1", "4.0000", "3.5000", "3.0000", *"---", "1525", "2.0x"]
-    assert table[4].split() == ["box-2", *"------", "1525", "2.0x"]
+    # own held-out NLL base, solo (none: no solo baseline), local, global; then the same on
+    # the plant set (none here)
+    assert table[3].split() == [
+        "box-1", "4.0000", "-", "3.5000", "3.0000", *"----", "1525", "2.0x",
+    ]  # fmt: skip
+    assert table[4].split() == ["box-2", *"--------", "1525", "2.0x"]
     assert round_table(secure, ("box-1",)).splitlines()[3].split() == [
-        "box-1", *"------", "1525", "-",
+        "box-1", *"--------", "1525", "-",
     ]  # fmt: skip
 
 
