@@ -122,6 +122,7 @@ class PlusParticipant:
         self.key, self.trust, self.state = key, trust, state
         self.on_change = on_change or (lambda _s: None)
         self._mine: tuple[PlusKeySet, tuple[str, ...]] | None = None
+        self._publics: tuple[PlusKeySet, dict[str, tuple[bytes, bytes]]] | None = None
         """Called with the state after every change (the owner persists it there)."""
 
     @classmethod
@@ -193,7 +194,7 @@ class PlusParticipant:
             raise SecAggError(
                 "too_few_reporting", f"{len(keyset.members)} keys < {s.params.min_reporting}"
             )
-        publics = {k.node_id: k.verify(self.trust) for k in keyset.keys}  # every signature
+        publics = self._public_keys(keyset)  # every signature, checked once
         graph = neighbours(keyset.members, s.params.neighbours, s.round_id)
         mine = graph[self.node_id]
         holders = (*mine, self.node_id)
@@ -258,7 +259,7 @@ class PlusParticipant:
             )
         held = {}
         for relayed in relay.shares:
-            publics = keyset.key_of(relayed.sender).verify(self.trust)
+            publics = self._public_keys(keyset)[relayed.sender]
             plain = open_share(
                 _private(s.share_sk),
                 publics[0],
@@ -420,13 +421,19 @@ class PlusParticipant:
                 continue
             seeds[peer] = pair_seed(
                 own,
-                keyset.key_of(peer).verify(self.trust)[1],
+                self._public_keys(keyset)[peer][1],
                 round_id=self.state.round_id,
                 keyset_sha256=keyset.sha256,
                 own_id=self.node_id,
                 peer_id=peer,
             )
         return seeds
+
+    def _public_keys(self, keyset: PlusKeySet) -> dict[str, tuple[bytes, bytes]]:
+        """Every member's (share, mask) public key, each signature verified once."""
+        if self._publics is None or self._publics[0] is not keyset:
+            self._publics = (keyset, {k.node_id: k.verify(self.trust) for k in keyset.keys})
+        return self._publics[1]
 
     def _neighbours(self) -> tuple[str, ...]:
         """This box's neighbours in the round (computed once per key set object)."""

@@ -416,10 +416,11 @@ class PlusCollector:
                 raise SecAggError("share_mismatch", f"{owner}'s self-mask seed does not rebuild")
             total = ring.apply_mask(total, seed, -1, bits)
         graph = self._graph()
+        publics = {k.node_id: k.verify(self.trust) for k in keyset.keys}
         for dropped in commit.dropped:
             secret = self._rebuild(s.key_shares[dropped], dropped)
             private = X25519PrivateKey.from_private_bytes(secret)
-            mask_public = keyset.key_of(dropped).verify(self.trust)[1]
+            mask_public = publics[dropped][1]
             if private.public_key().public_bytes_raw() != mask_public:
                 raise SecAggError("share_mismatch", f"{dropped}'s mask key does not rebuild")
             for peer in graph[dropped]:
@@ -427,7 +428,7 @@ class PlusCollector:
                     continue
                 seed = pair_seed(
                     private,
-                    keyset.key_of(peer).verify(self.trust)[1],
+                    publics[peer][1],
                     round_id=s.round_id,
                     keyset_sha256=keyset.sha256,
                     own_id=dropped,

@@ -24,6 +24,7 @@ coordinate (the round's ring).
 import base64
 import binascii
 import json
+from functools import cached_property
 from typing import Literal, Self
 
 import numpy as np
@@ -138,8 +139,9 @@ class PlusKeySet(Message):
             raise ValueError("a key belongs to another round")
         return self
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """sha256 of the canonical JSON (computed once: the model is frozen)."""
         return digest(self.model_dump_json())
 
     @property
@@ -218,8 +220,9 @@ class PlusCommit(Message):
             raise ValueError("reporting and dropped must partition shared")
         return self
 
-    @property
+    @cached_property
     def sha256(self) -> str:
+        """sha256 of the canonical JSON (computed once: the model is frozen)."""
         return digest(self.model_dump_json())
 
 

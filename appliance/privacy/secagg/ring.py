@@ -55,11 +55,13 @@ def reduce(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def add(vector: np.ndarray, other: np.ndarray, sign: int, bits: int) -> np.ndarray:
-    """vector + sign * other modulo 2^bits."""
-    wide = vector.astype(np.int64) + (
-        other.astype(np.int64) if sign > 0 else -other.astype(np.int64)
-    )
-    return reduce(wide, bits)
+    """vector + sign * other modulo 2^bits (unsigned arithmetic of the ring's width wraps)."""
+    dtype = np.uint16 if bits == 16 else np.uint32
+    a: np.ndarray = vector.astype(dtype)
+    b: np.ndarray = other.astype(dtype)
+    with np.errstate(over="ignore"):
+        out: np.ndarray = np.add(a, b) if sign > 0 else np.subtract(a, b)
+    return out.astype(np.uint32)
 
 
 def apply_mask(vector: np.ndarray, seed: bytes, sign: int, bits: int) -> np.ndarray:
