@@ -298,9 +298,7 @@ class EdgeService:
         if self.training is not None:
             if self.training.round_id != round_.round_id:
                 log.info(
-                    "round %s: still training %s; not joining",
-                    round_.round_id,
-                    self.training.round_id,
+                    "round %s: still %s; not joining", round_.round_id, activity(self.training)
                 )
             return
         decision = self.health.gate()
