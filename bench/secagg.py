@@ -3,11 +3,12 @@ aggregator, for the built-in model's adapter.
 
 The layout is the real one (SmolLM2-135M, LoRA rank 8 on attn_q and attn_v: every B of the
 initial global adapter, 184,320 values). Each box's B change is Gaussian (std 0.003, about
-one round of training). For n boxes, threshold t (default 0.6 of each box's share holders)
-and n - t boxes dropping after they shared their keys (the most a round survives, and the
-costliest case for the aggregator: it rebuilds every dropped box's mask key and removes its
-pairwise masks), it runs one whole round with real keys and messages in one process (no
-broker; every message goes through its JSON schema) and reports:
+one round of training). For n boxes, threshold t (default 0.6 of each box's m share
+holders) and m - t of box000's holders dropping after they shared their keys (the most a
+round survives: n - t with every box as neighbour, all in one neighbourhood with
+`--neighbours`; and the costliest case for the aggregator: it rebuilds every dropped box's
+mask key and removes its pairwise masks), it runs one whole round with real keys and
+messages in one process (no broker; every message goes through its JSON schema) and reports:
 
 - per box: the bytes it sends (keys, sealed shares, masked update, ack, reveal) and receives
   (key set, its relay, commit, ack set), and its CPU seconds over all its steps;
@@ -205,7 +206,9 @@ def one_round(
     r.keys_and_shares()
     first = r.names[0]
     t, holders = r.collector.threshold_for(first), len(r.collector.holders_of(first))
-    dropped = set(r.names[1 : 1 + holders - t + extra])
+    # the dropouts all hit one neighbourhood (box000's), the worst case for a graph
+    peers = [h for h in r.collector.holders_of(first) if h != first]
+    dropped = set(peers[: holders - t + extra])
     r.updates(dropped)
     try:
         r.finish()
