@@ -376,3 +376,67 @@ def test_distributed_dp_noise_and_the_fleet_epsilon(tmp_path: Path, broker: Mosq
     assert np.std(residual) == pytest.approx(0.8 * sens, rel=0.25)
     ledger = PrivacyLedger.load(tmp_path / f"state-{AGG}" / "secagg-fleet-privacy.json")
     assert ledger.rounds() == {ROUND_ID}
+
+
+AFTER_KEYS = ("shares", "update", "ack", "reveal")
+
+
+def run_with_dropouts(fleet: Fleet, phase: str, gone: tuple[str, ...]) -> Aggregated | Failed:
+    """One round through the broker in which the boxes `gone` stop (their transport node
+    stops, as a box that loses power) just before `phase`: before sharing, before their
+    update, before their ack, or before their reveal."""
+    fleet.agg.settings = fleet.settings.model_copy(update={"key_wait_s": 0.5})
+    announcement = fleet.open()
+    for box in fleet.boxes.values():
+        box.join(announcement)
+    collector = fleet.agg.session.collector
+    wait_for(lambda: len(collector.keys_received) == 10, "every box's keys")
+    if phase == "shares":
+        for name in gone:
+            fleet.stop_box(name)
+    fleet.tick_until(Phase.SHARES, "the key set")
+    fleet.tick_until(Phase.UPDATES, "the share relays")
+    if phase == "update":
+        for name in gone:
+            fleet.stop_box(name)
+    live = [n for n in fleet.boxes if not (phase in ("shares", "update") and n in gone)]
+    for name in live:
+        fleet.prepare(name)
+    wait_for(lambda: len(fleet.stored) == len(live), "the masked updates")
+    if phase == "ack":
+        for name in gone:
+            fleet.stop_box(name)
+    first = fleet.agg.finish(fleet.round, fleet.w.base, fleet.stored.values(), time.time())
+    if isinstance(first, Failed):
+        return first
+    acking = [n for n in live if not (phase == "ack" and n in gone)]
+    wait_for(lambda: set(collector.acked) == set(acking), "the acks")
+    if phase == "reveal":
+        for name in gone:
+            fleet.stop_box(name)
+    return fleet.finish(advance_s=601)  # the ack wait is over for boxes that never ack
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+@pytest.mark.parametrize("phase", AFTER_KEYS)
+def test_1_3_and_n_minus_t_dropouts_at_every_phase_over_the_broker(
+    fleet: Fleet, phase: str, count: int
+) -> None:
+    """10 boxes, t = 6 (threshold 0.6): up to n - t = 4 may drop at any phase."""
+    gone = tuple(f"box{i}" for i in range(2, 2 + count))
+    outcome = run_with_dropouts(fleet, phase, gone)
+    assert isinstance(outcome, Aggregated), outcome
+    in_sum = [n for n in fleet.boxes if phase in ("ack", "reveal") or n not in gone]
+    assert outcome.facts.participants == tuple(sorted(in_sum))
+    assert outcome.facts.dropped == (tuple(sorted(gone)) if phase == "update" else ())
+
+
+@pytest.mark.parametrize("phase", ["update", "ack"])
+def test_n_minus_t_plus_1_dropouts_fail_cleanly_over_the_broker(fleet: Fleet, phase: str) -> None:
+    """5 of 10 with t = 6: after their updates (refused at the commit) or after the commit
+    (5 acks leave fewer than t holders: the ack set is never relayed): the round fails with
+    `too_many_dropouts`, and no share was revealed."""
+    gone = tuple(f"box{i}" for i in range(2, 7))
+    outcome = run_with_dropouts(fleet, phase, gone)
+    assert isinstance(outcome, Failed) and "too_many_dropouts" in outcome.reason, outcome
+    assert all(not b.plus.session.revealed.is_set() for b in fleet.boxes.values())
