@@ -56,6 +56,7 @@ def measure(name: str, rounds: int, rank: int, boxes: int) -> dict[str, Any]:
         quiet=True,
         codec=CODECS[name],
         training={"rank": rank},
+        solo_baseline=False,  # the codec comparison needs no local-only runs
     )
     last = summary["rounds"][-1]
     ups = [n for r in summary["rounds"] for n in r["bytes_up"].values()]
