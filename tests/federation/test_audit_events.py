@@ -128,6 +128,15 @@ WRITTEN: dict[str, dict[str, Any]] = {
         "rejected": {},
         "privacy": {},
     },
+    "global_sent": {
+        "round_id": "r2-a",
+        "global_version": 2,
+        "why": "round",
+        "delta_to": ["box-1"],
+        "delta_bytes": 51234,
+        "full_to": ["box-2"],
+        "full_bytes": 1482240,
+    },
     "rollout_started": {
         "global_version": 2,
         "round_id": "r2-a",
@@ -160,6 +169,7 @@ REQUIRED = {
     "round_failed": "round_id",
     "round_abandoned": "reason",
     "round_aggregated": "global_sha256",
+    "global_sent": "full_to",
     "rollout_started": "canaries",
     "rollout_promoted": "recipients",
     "rollout_rejected": "rolled_back_to",

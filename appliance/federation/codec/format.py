@@ -27,7 +27,15 @@ from typing import Literal, Self
 
 import numpy as np
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from appliance.federation.codec import lowrank, subspace
 from appliance.federation.codec.compression import (
@@ -113,8 +121,19 @@ class CodecSpec(_Strict):
         plain = (self.lowrank_rank, self.subspace_dim, self.residual_top_k_fraction)
         return 1 if self.values != "int4" and all(x is None for x in plain) else 2
 
+    @model_serializer(mode="wrap")
+    def _format_1_as_before(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """A codec format 1 can say is written in its old shape everywhere it is written
+        (update headers, plans in announcements, the round store and audit logs), so what
+        older code wrote and reads stays byte for byte the same."""
+        data: dict[str, object] = handler(self)
+        if self.format_version == 1:
+            for name in _V2_FIELDS:
+                data.pop(name, None)
+        return data
 
-_V2_FIELDS = {"lowrank_rank", "subspace_dim", "subspace_basis", "residual_top_k_fraction"}
+
+_V2_FIELDS = ("lowrank_rank", "subspace_dim", "subspace_basis", "residual_top_k_fraction")
 
 
 class TensorEntry(_Strict):
@@ -256,9 +275,7 @@ def _header_bytes(header: UpdateHeader) -> bytes:
     if header.privacy is None:
         leave_out.add("privacy")
     if header.format == 1:
-        exclude: dict[str, bool | set[str]] = {name: True for name in leave_out}
-        exclude["codec"] = _V2_FIELDS
-        return header.model_dump_json(exclude=exclude).encode()
+        return header.model_dump_json(exclude=leave_out).encode()
     data = header.model_dump(mode="json", exclude=leave_out | {"codec"})
     data["codec"] = header.codec.model_dump(mode="json", exclude_defaults=True)
     text = json.dumps(data, separators=(",", ":"))
