@@ -20,6 +20,7 @@ from pathlib import Path
 from appliance.aggregator.strategy import build_strategy
 from appliance.config import AggregatorConfig, load_config
 from appliance.data.records import read_records
+from appliance.edge.evaluation import nll_of_file
 from appliance.federation.codec import decode_update
 from appliance.federation.global_adapter import load_global_adapter, save_global_adapter
 from appliance.federation.rounds import RoundStore
@@ -44,16 +45,6 @@ def texts(root: Path, template: str | None) -> list[str]:
     """Every box's spool records and the plant evaluation set."""
     files = [*sorted(root.glob("box-*/spool/*.jsonl")), *root.glob("aggregator/plant-set.jsonl")]
     return [record_text(r, template) for f in files for r in read_records(f).records]
-
-
-def nll(runtime: Runtime, path: Path, corpus: list[str]) -> float:
-    adapter = runtime.load_adapter(path)
-    try:
-        runtime.set_adapters([(adapter, 1.0)])
-        return runtime.nll(corpus, special=True).mean_nll
-    finally:
-        runtime.set_adapters([])
-        runtime.free_adapter(adapter)
 
 
 def main() -> None:
@@ -86,7 +77,8 @@ def main() -> None:
             )
             sent = layout.global_adapter(version)
             whole, delta = sent.stat().st_size, layout.global_delta(version).stat().st_size
-            a, b = nll(runtime, exact, corpus), nll(runtime, sent, corpus)
+            a = nll_of_file(runtime, corpus, exact)
+            b = nll_of_file(runtime, corpus, sent)
             print(
                 f"{round_.round_id:<12} {version:>3} {whole:>11,} {delta:>8,} "
                 f"{whole / delta:>8.1f} {a:>10.5f} {b:>10.5f} {100 * (b / a - 1):>+7.3f}%"

@@ -113,19 +113,20 @@ class GlobalDownlink:
         self.audit.append_event_once(sent, "round_id", "global_version", "why")
 
     def answer(self, request: GlobalRequest, sender: str, round_id: str | None) -> None:
-        """Send the whole file to a box whose delta did not fit; refused (logged) when the
-        version is not one this aggregator sent it, or was asked for a moment ago."""
+        """Send the whole file to a box whose delta did not fit; refused (logged) when it
+        was asked for a moment ago, or the version is not one this aggregator sent it (the
+        cheap check first: the second reads the audit log)."""
         version = request.global_version
-        path = self.layout.global_adapter(version)
-        if round_id is None or not path.exists() or not self._was_offered(sender, version):
-            log.warning(
-                "%s asked for global adapter v%d, which it was not sent; ignored", sender, version
-            )
-            return
         now = time.monotonic()
         if now - self._answered.get((sender, version), -REQUEST_REPEAT_S) < REQUEST_REPEAT_S:
             log.info(
                 "%s asked for v%d again within %.0f s; ignored", sender, version, REQUEST_REPEAT_S
+            )
+            return
+        path = self.layout.global_adapter(version)
+        if round_id is None or not path.exists() or not self._was_offered(sender, version):
+            log.warning(
+                "%s asked for global adapter v%d, which it was not sent; ignored", sender, version
             )
             return
         self._answered[(sender, version)] = now
@@ -135,7 +136,8 @@ class GlobalDownlink:
             "global_version": version,
             "why": "requested",
         }
-        self._queue("global", path, [sender], meta)
+        if not self._queue("global", path, [sender], meta):
+            return  # the copy asked for before is still on its way
         sent = GlobalSent(
             round_id=round_id,
             global_version=version,
@@ -160,10 +162,12 @@ class GlobalDownlink:
         path: Path,
         recipients: list[str],
         meta: dict[str, str | int | float | bool],
-    ) -> None:
+    ) -> bool:
+        """Queue unless the same artifact still waits in the outbox; whether it was queued."""
         if self.transport.outbox.holds_artifact(kind, meta):
-            return
+            return False
         self.transport.sender.send_artifact(kind, path, recipients, meta=meta)
+        return True
 
     def _was_offered(self, box: str, version: int) -> bool:
         """Whether the audit shows `version` went to `box` (as a delta or a file)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from appliance.config.layouts import EdgeLayout
 from appliance.errors import AdapterError
-from appliance.federation.downlink import DeltaError, DeltaHeader, apply_delta, read_header
+from appliance.federation.downlink import DeltaError, DeltaHeader, apply_body
 from appliance.federation.global_adapter import (
     initial_global_adapter,
     load_global_adapter,
@@ -34,19 +34,12 @@ class BoxModel:
     shapes: dict[str, tuple[int, ...]]
 
 
-def delta_header(blob: bytes, max_bytes: int) -> DeltaHeader:
-    """The delta's header (checked), before anything is rebuilt."""
-    return read_header(blob, max_bytes)[0]
-
-
-def rebuild(
-    blob: bytes, header: DeltaHeader, layout: EdgeLayout, model: BoxModel, max_bytes: int
-) -> Path:
+def rebuild(header: DeltaHeader, body: bytes, layout: EdgeLayout, model: BoxModel) -> Path:
     """Write the global adapter the delta makes from this box's copy of its base; the path
     of a temporary file holding exactly the announced file, or `DeltaError`."""
     if header.model_sha256 != model.sha256:
         raise DeltaError(f"the delta is for base model {header.model_sha256[:12]}, not this one")
-    rebuilt = apply_delta(blob, _base(header, layout, model), max_bytes)
+    rebuilt = apply_body(header, body, _base(header, layout, model))
     out = layout.adapters_dir / f".global-v{header.to_version}.rebuilt.gguf"
     save_global_adapter(out, rebuilt, model.architecture, model.sha256, header.round_id)
     if file_sha256(out) != header.to_sha256:

@@ -20,7 +20,7 @@ from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out
-from appliance.edge.global_intake import BaseMissingError, BoxModel, delta_header, rebuild
+from appliance.edge.global_intake import BaseMissingError, BoxModel, rebuild
 from appliance.edge.plant_set import PlantSet, plant_fields, score_local, score_local_late
 from appliance.edge.protocols import box_protocols
 from appliance.edge.solo import SoloBaseline, SoloRun, activity
@@ -33,7 +33,7 @@ from appliance.edge.training_run import (
 )
 from appliance.errors import AdapterError, ApplianceError, ModelError
 from appliance.federation.codec import ErrorFeedback
-from appliance.federation.downlink import DeltaError
+from appliance.federation.downlink import DeltaError, read_header
 from appliance.federation.global_adapter import (
     deltas_from,
     initial_global_adapter,
@@ -554,7 +554,7 @@ class EdgeService:
             quarantine(incoming, exc)
             log.error("refused a global adapter: %s", exc)
             return
-        if version in self.state.evaluated_versions and self._global_path(version).exists():
+        if self._already_taken(version):
             log.info(
                 "global adapter v%d delivered again: already installed and evaluated; ignored",
                 version,
@@ -565,23 +565,27 @@ class EdgeService:
             waiting, self._waiting = self._waiting, None
             self._join(waiting)
 
+    def _already_taken(self, version: int) -> bool:
+        """Whether global `version` is installed and evaluated (a repeat delivery, as a file
+        or a delta, is then ignored and its evaluation not published twice)."""
+        return version in self.state.evaluated_versions and self._global_path(version).exists()
+
     def _take_delta(self, incoming: Path, round_id: str) -> None:
         """Rebuild a global adapter from a delta and take it like a delivered file; a delta
         this box cannot use (base missing or different, corrupt) is answered by asking for
         the whole file, and a version already installed and evaluated is ignored."""
         blob = incoming.read_bytes()
-        limit = self.config.transfer.max_artifact_mb * 1024 * 1024
         try:
-            header = delta_header(blob, limit)
+            header, body_at = read_header(blob, self.config.transfer.max_artifact_mb * 1024 * 1024)
         except DeltaError as exc:
             log.error("refused a global delta: %s", exc)  # no version to ask for: the
             return  # next round's announcement names it, and _join asks then
         version = header.to_version
-        if version in self.state.evaluated_versions and self._global_path(version).exists():
+        if self._already_taken(version):
             log.info("global adapter v%d delivered again as a delta; ignored", version)
             return
         try:
-            rebuilt = rebuild(blob, header, self.layout, self._box_model, limit)
+            rebuilt = rebuild(header, blob[body_at:], self.layout, self._box_model)
         except DeltaError as exc:
             level = logging.INFO if isinstance(exc, BaseMissingError) else logging.ERROR
             log.log(level, "global delta to v%d not used: %s", version, exc)

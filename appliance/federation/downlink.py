@@ -173,6 +173,11 @@ def read_header(blob: bytes, max_bytes: int) -> tuple[DeltaHeader, int]:
 def apply_delta(blob: bytes, base: GlobalAdapter, max_bytes: int) -> GlobalAdapter:
     """The new global adapter rebuilt on `base`, or `DeltaError` with the reason."""
     header, offset = read_header(blob, max_bytes)
+    return apply_body(header, blob[offset:], base)
+
+
+def apply_body(header: DeltaHeader, data: bytes, base: GlobalAdapter) -> GlobalAdapter:
+    """What `apply_delta` does once the header is read: the compressed body `data` on `base`."""
     if header.from_version != base.version or header.from_digest != factors_digest(base):
         raise DeltaError(
             f"the delta is to v{header.from_version} as the aggregator has it; this box's "
@@ -180,7 +185,7 @@ def apply_delta(blob: bytes, base: GlobalAdapter, max_bytes: int) -> GlobalAdapt
         )
     _check_tensors(header, base)
     try:
-        body = decompress(blob[offset:], "zstd", header.body_bytes)
+        body = decompress(data, "zstd", header.body_bytes)
     except CompressionError as exc:
         raise DeltaError(str(exc)) from None
     if hashlib.sha256(body).hexdigest() != header.body_sha256:
