@@ -507,6 +507,7 @@ class Storm:
         self.filters = filters
         self.counted = counted
         self.sent = dict.fromkeys(filters, 0)
+        self._turn = 0  # round-robin over the filters across floods, so each gets its share
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id="attacker", protocol=paho.MQTTv5
         )
@@ -521,7 +522,8 @@ class Storm:
 
     def flood(self, count: int) -> None:
         for i in range(count):
-            topic_filter = self.filters[i % len(self.filters)]
+            topic_filter = self.filters[self._turn % len(self.filters)]
+            self._turn += 1
             topic, payload = self.attacker.message_for(topic_filter)
             self.sent[topic_filter] += 1
             self.client.publish(topic, payload, qos=1).wait_for_publish(30)

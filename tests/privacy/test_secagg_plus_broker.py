@@ -8,7 +8,7 @@ and inconsistent messages are refused."""
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +166,17 @@ class Fleet:
 
         wait_for(ticked, what)
 
+    def wait_ticking(self, condition: Callable[[], object], what: str) -> None:
+        """Wait as the box services do: each polls its protocol in its loop, which sends a
+        prepared update once its share relay has arrived (it may land after `prepare`)."""
+
+        def ticked() -> object:
+            for box in self.boxes.values():
+                box.tick()
+            return condition()
+
+        wait_for(ticked, what)
+
     def prepare(self, name: str) -> tuple[np.ndarray, int]:
         """Train (here: draw) and prepare one box's update; its weighted codes and weight."""
         assert self.announcement is not None
@@ -249,7 +260,7 @@ def test_dropouts_at_every_phase_over_the_broker(fleet: Fleet) -> None:
     for name in fleet.boxes:
         if name not in ("box2", "box3", "box4"):
             codes[name] = fleet.prepare(name)
-    wait_for(lambda: len(fleet.stored) == 7, "seven masked updates")
+    fleet.wait_ticking(lambda: len(fleet.stored) == 7, "seven masked updates")
     fleet.stop_box("box5")  # reported, then gone: no ack
     first = fleet.agg.finish(fleet.round, fleet.w.base, fleet.stored.values(), time.time())
     assert first == Waiting("committed", "waiting for the reporting boxes' acks")
@@ -275,7 +286,7 @@ def test_a_box_and_the_aggregator_restart_mid_round(fleet: Fleet) -> None:
     fleet.tick_until(Phase.UPDATES, "the share relays")
     fleet.restart_box("box8")  # restarted "while training": relay restored from its vault
     codes = {name: fleet.prepare(name) for name in fleet.boxes}
-    wait_for(lambda: len(fleet.stored) == 10, "ten masked updates")
+    fleet.wait_ticking(lambda: len(fleet.stored) == 10, "ten masked updates")
     first = fleet.agg.finish(fleet.round, fleet.w.base, fleet.stored.values(), time.time())
     assert isinstance(first, Waiting)
     fleet.restart_box("box9")  # after its update: acks from the restored state
@@ -304,7 +315,7 @@ def test_forged_replayed_and_inconsistent_messages_over_the_broker(fleet: Fleet)
     fleet.tick_until(Phase.UPDATES, "the share relays")
     for name in fleet.boxes:
         fleet.prepare(name)
-    wait_for(lambda: len(fleet.stored) == 10, "ten masked updates")
+    fleet.wait_ticking(lambda: len(fleet.stored) == 10, "ten masked updates")
     # a replayed masked update is refused
     box1.sender.send_artifact(
         MASKED_UPDATE, fleet.stored["box1"].blob, [AGG], meta={"round_id": ROUND_ID}
@@ -350,7 +361,7 @@ def test_distributed_dp_noise_and_the_fleet_epsilon(tmp_path: Path, broker: Mosq
             box.join(announcement)
         fleet.tick_until(Phase.UPDATES, "the share relays")
         codes = {name: fleet.prepare(name) for name in fleet.boxes}
-        wait_for(lambda: len(fleet.stored) == 4, "four masked updates")
+        fleet.wait_ticking(lambda: len(fleet.stored) == 4, "four masked updates")
         outcome = fleet.finish()
         assert isinstance(outcome, Aggregated), outcome
     finally:
@@ -402,7 +413,7 @@ def run_with_dropouts(fleet: Fleet, phase: str, gone: tuple[str, ...]) -> Aggreg
     live = [n for n in fleet.boxes if not (phase in ("shares", "update") and n in gone)]
     for name in live:
         fleet.prepare(name)
-    wait_for(lambda: len(fleet.stored) == len(live), "the masked updates")
+    fleet.wait_ticking(lambda: len(fleet.stored) == len(live), "the masked updates")
     if phase == "ack":
         for name in gone:
             fleet.stop_box(name)
