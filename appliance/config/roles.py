@@ -127,6 +127,16 @@ class AggregatorConfig(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _lowrank_below_the_lora_rank(self) -> Self:
+        lowrank = self.fleet.codec.lowrank_rank
+        if 0 < self.training.rank <= lowrank:
+            raise ValueError(
+                f"fleet.codec.lowrank_rank = {lowrank} must be below training.rank = "
+                f"{self.training.rank}: rank-q factors of an n x r change need q < r"
+            )
+        return self
+
 
 NodeConfig = EdgeConfig | AggregatorConfig
 ROLES: dict[str, type[EdgeConfig] | type[AggregatorConfig]] = {

@@ -5,9 +5,9 @@ these are their bodies. Every schema is strict and versioned (`v`): a box refuse
 it does not understand instead of guessing.
 """
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from appliance.config.base import TopicSafeId
 from appliance.config.lora import LoraSpec
@@ -61,6 +61,17 @@ class TrainingPlan(Message):
     secure_aggregation: SecureAggregationPlan | None = Field(
         default=None, description="Mask the update (None: a plain signed update)."
     )
+
+    @model_validator(mode="after")
+    def _codec_fits_the_rank(self) -> Self:
+        """A box could not encode rank-q factors of a rank-r change with q >= r; the plan is
+        refused on arrival (a clear rejection) instead of failing the round after training."""
+        lowrank = self.codec.lowrank_rank
+        if lowrank is not None and lowrank >= self.lora.rank:
+            raise ValueError(
+                f"codec.lowrank_rank {lowrank} is not below the LoRA rank {self.lora.rank}"
+            )
+        return self
 
     @property
     def protocol(self) -> str:

@@ -87,3 +87,28 @@ def test_bad_codec_options_are_refused(tmp_path: Path, extra: str, expected: str
 def test_secure_aggregation_refuses_every_format_2_option(tmp_path: Path, extra: str) -> None:
     assert "needs dense int8 updates" in error(tmp_path, "[fleet.codec]\n" + extra + SECURE)
     assert load(tmp_path, SECURE).fleet.secure_aggregation.enabled
+
+
+@pytest.mark.parametrize(("lowrank", "rank"), [(8, 8), (16, 8), (4, 4)])
+def test_lowrank_rank_at_or_above_the_lora_rank_is_refused(
+    tmp_path: Path, lowrank: int, rank: int
+) -> None:
+    """A box could not encode such an update after training; the config says so at once."""
+    text = f"[fleet.codec]\nlowrank_rank = {lowrank}\n[training]\nrank = {rank}\n"
+    assert f"must be below training.rank = {rank}" in error(tmp_path, text)
+    assert load(tmp_path, f"[fleet.codec]\nlowrank_rank = {rank - 1}\n[training]\nrank = {rank}\n")
+
+
+def test_an_announced_plan_with_lowrank_at_the_lora_rank_is_refused() -> None:
+    """Boxes refuse such an announcement on arrival (a malformed plan), not after training."""
+    from pydantic import ValidationError
+
+    from tests.federation.plans import training_plan
+
+    plan = training_plan()
+    data = plan.model_dump(mode="json")
+    data["codec"] = {**data["codec"], "lowrank_rank": plan.lora.rank}
+    with pytest.raises(ValidationError, match="not below the LoRA rank"):
+        type(plan).model_validate(data)
+    data["codec"]["lowrank_rank"] = plan.lora.rank - 1
+    assert type(plan).model_validate(data).codec.lowrank_rank == plan.lora.rank - 1
