@@ -34,13 +34,25 @@ class BoxModel:
     shapes: dict[str, tuple[int, ...]]
 
 
+REBUILT_GLOB = ".global-v*.rebuilt.gguf"
+
+
+def remove_stale_rebuilds(layout: EdgeLayout) -> int:
+    """Delete rebuilt files a killed daemon left before installing them (a restart rebuilds
+    or asks again); the number removed."""
+    stale = list(layout.adapters_dir.glob(REBUILT_GLOB)) if layout.adapters_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 def rebuild(header: DeltaHeader, body: bytes, layout: EdgeLayout, model: BoxModel) -> Path:
     """Write the global adapter the delta makes from this box's copy of its base; the path
     of a temporary file holding exactly the announced file, or `DeltaError`."""
     if header.model_sha256 != model.sha256:
         raise DeltaError(f"the delta is for base model {header.model_sha256[:12]}, not this one")
     rebuilt = apply_body(header, body, _base(header, layout, model))
-    out = layout.adapters_dir / f".global-v{header.to_version}.rebuilt.gguf"
+    out = layout.adapters_dir / REBUILT_GLOB.replace("*", str(header.to_version))
     save_global_adapter(out, rebuilt, model.architecture, model.sha256, header.round_id)
     if file_sha256(out) != header.to_sha256:
         out.unlink(missing_ok=True)

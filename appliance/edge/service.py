@@ -20,7 +20,12 @@ from appliance.config import EdgeConfig
 from appliance.data.records import Record
 from appliance.data.spool import Spool
 from appliance.edge.evaluation import compare, held_out
-from appliance.edge.global_intake import BaseMissingError, BoxModel, rebuild
+from appliance.edge.global_intake import (
+    BaseMissingError,
+    BoxModel,
+    rebuild,
+    remove_stale_rebuilds,
+)
 from appliance.edge.plant_set import PlantSet, plant_fields, score_local, score_local_late
 from appliance.edge.protocols import box_protocols
 from appliance.edge.solo import SoloBaseline, SoloRun, activity
@@ -93,6 +98,8 @@ class EdgeService:
         self._state_path = self.layout.state_file
         self.state = EdgeState.load(self._state_path)  # a bad file is moved aside
         reap_orphaned_workers(self.layout.rounds_dir)  # a trainer the killed daemon left running
+        if removed := remove_stale_rebuilds(self.layout):  # a delta the daemon died applying
+            log.info("removed %d unfinished rebuilt global adapter file(s)", removed)
         self._residual_path = self.layout.residual
         for round_id in self.state.sending:  # prepared before a crash: its residual is final
             self._promote_residual(round_id)

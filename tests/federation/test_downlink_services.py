@@ -4,6 +4,7 @@ file and its answer to a box's request. No broker: what a service sends stays in
 SQLite outbox for the test to read (the end-to-end demo test runs the same over Mosquitto).
 """
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +243,21 @@ def test_a_round_whose_base_never_comes_makes_the_box_ask_for_it(box: EdgeServic
     assert box.training is None and sent(box, "global_request") == []
     box.step(time.monotonic() + box.config.transfer.resend_after_s + 1)
     assert len(sent(box, "global_request")) == 1
+
+
+def test_a_rebuilt_file_left_by_a_killed_box_is_removed_at_start(
+    layout: FleetLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A daemon killed between writing a rebuilt adapter and installing it leaves the file;
+    the next start deletes it (the delta is asked for again), and keeps the installed ones."""
+    first = EdgeService(load_config(layout.config(BOX)))  # type: ignore[arg-type]
+    adapters = first.layout.adapters_dir
+    adapters.mkdir(parents=True, exist_ok=True)
+    stale = adapters / ".global-v3.rebuilt.gguf"
+    stale.write_bytes(b"half a rebuilt file")
+    kept = first.layout.global_adapter(2)
+    kept.write_bytes(b"an installed global")
+    with caplog.at_level(logging.INFO):
+        EdgeService(load_config(layout.config(BOX)))  # type: ignore[arg-type]
+    assert not stale.exists() and kept.exists()
+    assert "removed 1 unfinished rebuilt global adapter file" in caplog.text
