@@ -39,7 +39,7 @@ from appliance.federation.messages import (
     TrainingPlan,
     TrainingPlanV1,
 )
-from appliance.federation.privacy_claim import DpReport
+from appliance.federation.privacy_claim import DpReport, FleetDpReport
 
 Sha256 = Annotated[str, Field(pattern=SHA256)]
 Boxes = tuple[str, ...]
@@ -193,6 +193,11 @@ class AggregationFacts(_Closed):
     )
     secure_aggregation: SecureAggregationPlan | None = Field(
         default=None, description="Secure round: its masking parameters. None in a plain round."
+    )
+    fleet_privacy: FleetDpReport | None = Field(
+        default=None,
+        description="Secure round with distributed DP noise: the fleet-level epsilon after it. "
+        "None without noise, in plain rounds and in older logs.",
     )
 
 

@@ -383,3 +383,38 @@ def test_plans_from_before_top_layers_and_secure_aggregation_still_parse() -> No
 def test_a_bad_plan_is_named_in_its_version(plan: dict[str, Any], message: str) -> None:
     with pytest.raises(EventError, match=rf"^round_opened: {re.escape(message)}"):
         parse_event("round_opened", WRITTEN["round_opened"] | {"plan": plan})
+
+
+FLEET_DP = {
+    "mechanism": "distributed-gaussian",
+    "noise_multiplier": 0.8,
+    "clip_norm": 0.05,
+    "delta": 1e-5,
+    "epsilon": 12.5,
+    "rounds": 3,
+}
+
+
+def test_a_noised_secure_round_carries_the_fleet_epsilon_as_its_own_field() -> None:
+    event = parse_event("round_aggregated", SECURE_ROUND | {"fleet_privacy": FLEET_DP})
+    assert isinstance(event, RoundAggregated) and event.fleet_privacy is not None
+    assert (event.fleet_privacy.epsilon, event.fleet_privacy.rounds) == (12.5, 3)
+    older = parse_event("round_aggregated", SECURE_ROUND)
+    assert isinstance(older, RoundAggregated) and older.fleet_privacy is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"epsilon": float("nan")},
+        {"epsilon": -1.0},
+        {"rounds": 0},
+        {"delta": 1.0},
+        {"noise_multiplier": "0.8"},
+        {"mechanism": "gaussian-local"},
+        {"extra": 1},
+    ],
+)
+def test_a_bad_fleet_privacy_field_is_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(EventError, match="fleet_privacy|not finite JSON"):
+        parse_event("round_aggregated", SECURE_ROUND | {"fleet_privacy": FLEET_DP | bad})

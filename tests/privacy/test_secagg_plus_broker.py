@@ -366,11 +366,12 @@ def test_distributed_dp_noise_and_the_fleet_epsilon(tmp_path: Path, broker: Mosq
         assert isinstance(outcome, Aggregated), outcome
     finally:
         fleet.stop()
-    report = outcome.result.report
+    fleet_dp = outcome.facts.fleet_privacy  # the audit log's round_aggregated field
     z = noise.effective_multiplier(0.8, 4, 4)
-    assert report["noise_multiplier"] == pytest.approx(z)
-    assert report["fleet_epsilon"] == pytest.approx(epsilon([Release(ROUND_ID, z)], 1e-5))
-    assert 0 < float(report["fleet_epsilon"]) < 100
+    assert fleet_dp is not None and fleet_dp.noise_multiplier == pytest.approx(z)
+    assert fleet_dp.epsilon == pytest.approx(epsilon([Release(ROUND_ID, z)], 1e-5))
+    assert 0 < fleet_dp.epsilon < 100 and fleet_dp.rounds == 1 and fleet_dp.clip_norm == 0.05
+    assert "fleet_epsilon" not in outcome.result.report  # one place only
     # the noise of the sum, in code units, is what four shares give: std z * sensitivity
     count = sum(r * c for _, r, c in fleet.w.layout)
     fixed = FixedPoint(settings.value_bound, settings.max_weight)

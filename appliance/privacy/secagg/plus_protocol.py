@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from appliance.config.secure_aggregation import SecureAggregationSettings
 from appliance.federation.audit_events import AggregationFacts
 from appliance.federation.messages import RoundAnnouncement, SecureAggregationPlan, TrainingPlan
+from appliance.federation.privacy_claim import FleetDpReport
 from appliance.federation.protocol import (
     Aggregated,
     AggregatorProtocol,
@@ -229,7 +230,7 @@ class PlusRounds(AggregatorProtocol):
             self.session.end(round_id)
             return Failed(f"secure aggregation: {exc.reason}: {exc.detail}")
         result = secure_fedavg(base, unmasked)
-        report = dict(result.report) | self._privacy(round_, unmasked)
+        report = dict(result.report)
         plan = round_.plan.secure_aggregation
         report["ring_bits"] = plan.ring_bits if plan is not None else 32
         dense = 4 * layout_size(layout_of(base))
@@ -243,6 +244,7 @@ class PlusRounds(AggregatorProtocol):
             strategy=report,
             codec=round_.plan.codec,
             secure_aggregation=plan,
+            fleet_privacy=self._fleet_privacy(round_, unmasked),
         )
         self.session.end(round_id)
         return Aggregated(type(result)(result.factors, report), facts)
@@ -279,22 +281,25 @@ class PlusRounds(AggregatorProtocol):
             return Waiting("revealing", f"secrets of {len(missing)} boxes lack shares")
         return None
 
-    def _privacy(self, round_: Round, unmasked: UnmaskedSum) -> dict[str, float | int | str]:
-        """The fleet-level DP numbers of the round (the ledger composes all rounds)."""
+    def _fleet_privacy(self, round_: Round, unmasked: UnmaskedSum) -> FleetDpReport | None:
+        """The fleet-level DP of the round (the ledger composes all rounds); None without
+        noise."""
         plan = round_.plan.secure_aggregation
         if plan is None or plan.noise_multiplier <= 0:
-            return {}
+            return None
         z = noise.effective_multiplier(
             plan.noise_multiplier, len(unmasked.reporting), plan.min_reporting
         )
         ledger = PrivacyLedger.load(self.ledger_path)
         if round_.round_id not in ledger.rounds():
             ledger.record(Release(round_.round_id, z))
-        return {
-            "noise_multiplier": z,
-            "fleet_epsilon": ledger.spent(self.settings.dp_delta),
-            "fleet_delta": self.settings.dp_delta,
-        }
+        return FleetDpReport(
+            noise_multiplier=z,
+            clip_norm=plan.clip_norm,
+            delta=self.settings.dp_delta,
+            epsilon=ledger.spent(self.settings.dp_delta),
+            rounds=len(ledger.rounds()),
+        )
 
 
 class _Pending(BaseModel):
