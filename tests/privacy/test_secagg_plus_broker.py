@@ -390,47 +390,49 @@ def test_distributed_dp_noise_and_the_fleet_epsilon(tmp_path: Path, broker: Mosq
     assert ledger.rounds() == {ROUND_ID}
 
 
-AFTER_KEYS = ("shares", "update", "ack", "reveal")
+PHASES = ("keys", "shares", "update", "ack", "reveal")
+
+
+def drop_at(fleet: Fleet, now: str, phase: str, gone: tuple[str, ...]) -> None:
+    """Stop the boxes `gone` if `now` is the phase they drop before."""
+    if now == phase:
+        for name in gone:
+            fleet.stop_box(name)
 
 
 def run_with_dropouts(fleet: Fleet, phase: str, gone: tuple[str, ...]) -> Aggregated | Failed:
     """One round through the broker in which the boxes `gone` stop (their transport node
-    stops, as a box that loses power) just before `phase`: before sharing, before their
-    update, before their ack, or before their reveal."""
+    stops, as a box that loses power) just before `phase`: before their keys (the key set
+    goes out without them after `key_wait_s`), before sharing, before their update, before
+    their ack, or before their reveal."""
     fleet.agg.settings = fleet.settings.model_copy(update={"key_wait_s": 0.5})
     announcement = fleet.open()
-    for box in fleet.boxes.values():
-        box.join(announcement)
+    drop_at(fleet, "keys", phase, gone)
+    joining = [n for n in fleet.boxes if not (phase == "keys" and n in gone)]
+    for name in joining:
+        fleet.boxes[name].join(announcement)
     collector = fleet.agg.session.collector
-    wait_for(lambda: len(collector.keys_received) == 10, "every box's keys")
-    if phase == "shares":
-        for name in gone:
-            fleet.stop_box(name)
+    wait_for(lambda: len(collector.keys_received) == len(joining), "the boxes' keys")
+    drop_at(fleet, "shares", phase, gone)
     fleet.tick_until(Phase.SHARES, "the key set")
     fleet.tick_until(Phase.UPDATES, "the share relays")
-    if phase == "update":
-        for name in gone:
-            fleet.stop_box(name)
-    live = [n for n in fleet.boxes if not (phase in ("shares", "update") and n in gone)]
+    drop_at(fleet, "update", phase, gone)
+    live = [n for n in fleet.boxes if not (phase in ("keys", "shares", "update") and n in gone)]
     for name in live:
         fleet.prepare(name)
     fleet.wait_ticking(lambda: len(fleet.stored) == len(live), "the masked updates")
-    if phase == "ack":
-        for name in gone:
-            fleet.stop_box(name)
+    drop_at(fleet, "ack", phase, gone)
     first = fleet.agg.finish(fleet.round, fleet.w.base, fleet.stored.values(), time.time())
     if isinstance(first, Failed):
         return first
     acking = [n for n in live if not (phase == "ack" and n in gone)]
     wait_for(lambda: set(collector.acked) == set(acking), "the acks")
-    if phase == "reveal":
-        for name in gone:
-            fleet.stop_box(name)
+    drop_at(fleet, "reveal", phase, gone)
     return fleet.finish(advance_s=601)  # the ack wait is over for boxes that never ack
 
 
 @pytest.mark.parametrize("count", [1, 3, 4])
-@pytest.mark.parametrize("phase", AFTER_KEYS)
+@pytest.mark.parametrize("phase", PHASES)
 def test_1_3_and_n_minus_t_dropouts_at_every_phase_over_the_broker(
     fleet: Fleet, phase: str, count: int
 ) -> None:
