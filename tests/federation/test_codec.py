@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -93,6 +93,7 @@ def test_frozen_a_sends_only_b() -> None:
     ),
     block=st.sampled_from([8, 16, 64, 256]),
 )
+@example(values=np.array([[5.2e-42, -3.1e-43], [1e-44, 0.0]], np.float32), block=8)  # subnormal
 def test_int8_round_trip_is_within_half_a_block_scale(values: np.ndarray, block: int) -> None:
     rank = values.shape[1]
     base = GlobalAdapter(

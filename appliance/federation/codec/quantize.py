@@ -35,10 +35,17 @@ def int8_decode(codes: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray
 
 
 def int8_error_bound(values: np.ndarray, block: int) -> np.ndarray:
-    """Per-value bound on |decode(encode(x)) - x|: half the block's scale (plus rounding)."""
+    """Per-value bound on |decode(encode(x)) - x|: half the block's scale, plus rounding. A
+    subnormal scale (a block of values near 1e-40) is off by up to half a subnormal step,
+    which the largest code (127) multiplies: hence 128 smallest subnormals of slack."""
     _, scales = int8_encode(values, block)
     bound = np.repeat(scales / 2, block)[: np.asarray(values).size]
-    slack: np.ndarray = bound * (1 + 1e-6) + np.finfo(np.float32).eps * np.abs(np.ravel(values))
+    finfo = np.finfo(np.float32)
+    slack: np.ndarray = (
+        bound * (1 + 1e-6)
+        + finfo.eps * np.abs(np.ravel(values))
+        + 128 * float(finfo.smallest_subnormal)
+    )
     return slack
 
 
