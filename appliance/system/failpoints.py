@@ -34,6 +34,16 @@ POINTS: dict[str, str] = {
     "edge.update_queued": "the update is in the outbox, the round not yet marked done",
     "edge.global_installing": "a global adapter file is in place, the box state not yet saved",
     "edge.global_activated": "the box state names the new global, its evaluation not yet sent",
+    # SecAgg+ (secure aggregation version 2): each step persisted in the vault, then sent
+    "secagg.box_keys_sent": "the box's round keys are saved and in the outbox, no key set yet",
+    "secagg.aggregator_keys_relayed": "the key set is saved and in the outbox, no shares yet",
+    "secagg.box_shares_sent": "the box's sealed shares are saved and in the outbox, no relay yet",
+    "secagg.aggregator_shares_relayed": "the relays are saved and in the outbox, no update yet",
+    "secagg.box_masked_sent": "the masked update is in the outbox, its pending copy not removed",
+    "secagg.aggregator_committed": "the commit is saved and in the outbox, no ack yet",
+    "secagg.box_acked": "the box's commit ack is saved and in the outbox, no ack set yet",
+    "secagg.aggregator_acks_relayed": "the ack set is saved and in the outbox, no reveal yet",
+    "secagg.box_revealed": "the box's revealed shares are saved (kind per owner) and in the outbox",
 }
 
 EXIT_STATUS = 70

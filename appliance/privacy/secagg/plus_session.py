@@ -38,6 +38,7 @@ from appliance.privacy.secagg.plus_messages import (
 )
 from appliance.privacy.secagg.session import MASKED_UPDATE
 from appliance.privacy.secagg.vault import Vault
+from appliance.system.failpoints import failpoint
 from appliance.transport.node import TransportNode
 from appliance.transport.rejects import RejectedError, record_rejection
 
@@ -132,6 +133,7 @@ class PlusBoxSession:
                 if name != round_id + BOX_SUFFIX:
                     self.vault.remove(name)
         self.hello()
+        failpoint("secagg.box_keys_sent")
 
     def send(
         self, values: np.ndarray, layout: tuple[tuple[str, int, int], ...], weight: int, sha: str
@@ -142,6 +144,7 @@ class PlusBoxSession:
             blob = participant.mask(values, layout, weight, sha)
         meta: dict[str, str | int | float | bool] = {"round_id": participant.round_id}
         self.transport.sender.send_artifact(MASKED_UPDATE, blob, [self.aggregator_id], meta=meta)
+        failpoint("secagg.box_masked_sent")
         return blob
 
     def _save(self, state: BoxState) -> None:
@@ -150,6 +153,7 @@ class PlusBoxSession:
     def _on_keyset(self, keyset: PlusKeySet, signer: str) -> None:
         bundle = self._current().accept_key_set(keyset, signer)
         self.transport.publish(SHARES, bundle)
+        failpoint("secagg.box_shares_sent")
 
     def _on_relay(self, relay: ShareRelay, signer: str) -> None:
         if relay.recipient != self.transport.key.node_id:
@@ -159,9 +163,11 @@ class PlusBoxSession:
 
     def _on_commit(self, commit: PlusCommit, signer: str) -> None:
         self.transport.publish(ACK, self._current().accept_commit(commit, signer))
+        failpoint("secagg.box_acked")
 
     def _on_acks(self, acks: AckSet, signer: str) -> None:
         self.transport.publish(REVEAL, self._current().reveal(acks, signer))
+        failpoint("secagg.box_revealed")
         self.revealed.set()
 
     def _current(self) -> PlusParticipant:
@@ -267,6 +273,7 @@ class PlusAggregatorSession:
         keyset = self.step(lambda c: c.close_keys(), now)
         assert isinstance(keyset, PlusKeySet)
         self.transport.publish(KEYS, keyset)
+        failpoint("secagg.aggregator_keys_relayed")
         return keyset
 
     def publish_relays(self, now: float) -> dict[str, ShareRelay]:
@@ -274,18 +281,21 @@ class PlusAggregatorSession:
         assert isinstance(relays, dict)
         for relay in relays.values():
             self.transport.publish(RELAY, relay)
+        failpoint("secagg.aggregator_shares_relayed")
         return relays
 
     def publish_commit(self, now: float) -> PlusCommit:
         commit = self.step(lambda c: c.commit(), now)
         assert isinstance(commit, PlusCommit)
         self.transport.publish(COMMIT, commit)
+        failpoint("secagg.aggregator_committed")
         return commit
 
     def publish_acks(self, now: float) -> AckSet:
         acks = self.step(lambda c: c.close_acks(), now)
         assert isinstance(acks, AckSet)
         self.transport.publish(ACKS, acks)
+        failpoint("secagg.aggregator_acks_relayed")
         return acks
 
     def add_masked(self, blob: bytes, sender: str, now: float) -> int:
