@@ -346,7 +346,9 @@ class PlusBox(BoxProtocol):
 
     def prepare(self, round_: RoundAnnouncement, local: LocalUpdate) -> Prepared:
         """Clip (DP), encode to the round's fixed point, add the noise share, persist; sent
-        masked once the shares are relayed (`tick`). Credited: the codes without the noise."""
+        masked by the next `tick` once the shares are relayed, never from here: the box marks
+        the round done after `prepare` returns, so a crash right after the send would make it
+        train the round again. Credited: the codes without the noise."""
         plan = self._plan(round_)
         fixed, layout = FixedPoint(plan.value_bound, plan.max_weight), layout_of(local.base)
         deltas = local.deltas
@@ -367,7 +369,6 @@ class PlusBox(BoxProtocol):
         self.vault.save(round_.round_id + PENDING_SUFFIX, pending.model_dump_json().encode())
         with self._lock:
             self._pending = pending
-        self.tick()
         credited = {name: Delta(None, b) for name, b in fixed.reconstruct(encoded, layout).items()}
         return Prepared(credited, None)
 
