@@ -216,8 +216,8 @@ class PlainBox(BoxProtocol):
             self.node_id, round_.round_id, round_.base_sha256, round_.global_version
         )
         plan = round_.plan
-        encoded = encode_update(
-            local.deltas, local.sample_count, plan.codec, context, local.privacy
+        encoded = encode_update(  # the base: a codec with subspace_basis = "global" needs it
+            local.deltas, local.sample_count, plan.codec, context, local.privacy, base=local.base
         )
         return Prepared(encoded.sent, encoded.blob, encoded.dense_fp32_bytes)
 

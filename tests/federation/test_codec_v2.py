@@ -22,7 +22,12 @@ from appliance.federation.codec import (
 )
 from appliance.federation.codec.quantize import int4_decode, int4_encode, pack_int4, unpack_int4
 from appliance.federation.codec.subspace import round_seed, seeded_basis
+from appliance.federation.messages import RoundAnnouncement
+from appliance.federation.protocol import LocalUpdate, PlainBox, PlainRounds
+from appliance.federation.rounds import Round, RoundState
+from appliance.federation.strategies import FedAvgFrozenA
 from appliance.federation.updates import Delta, GlobalAdapter
+from tests.federation.plans import training_plan
 
 CONTEXT = RoundContext("box-1", "r7", "cd" * 32, 2)
 LIMIT = 1 << 26
@@ -437,3 +442,45 @@ def test_the_encoder_refuses_what_cannot_work() -> None:
 def test_codec_spec_validation(fields: dict, expected: str) -> None:
     with pytest.raises(ValidationError, match=expected):
         CodecSpec(**fields)
+
+
+def test_a_plain_box_encodes_on_the_round_s_global_basis_and_the_aggregator_admits_it() -> None:
+    """PlainBox hands the round's base to the codec (the global-B core needs it), and
+    PlainRounds decodes the update against the same base."""
+    base = adapter()
+    rng = np.random.default_rng(5)
+    deltas = {
+        name: Delta(None, (b @ rng.normal(size=(8, 8)) * 0.1).astype(np.float32))
+        for name, (_, b) in base.factors.items()
+    }
+    spec = CodecSpec(values="fp32", subspace_dim=8, subspace_basis="global")
+    plan = training_plan(rank=8).model_copy(update={"codec": spec})
+    announcement = RoundAnnouncement(
+        round_id=CONTEXT.round_id,
+        base_sha256=CONTEXT.base_sha256,
+        global_version=base.version,
+        plan=plan,
+        participants=("box-1",),
+        min_updates=1,
+        deadline=1e10,
+    )
+    prepared = PlainBox("box-1").prepare(announcement, LocalUpdate(deltas, 7, base))
+    assert prepared.blob is not None
+    assert relative_error(prepared.credited, deltas) < 1e-4
+    round_ = Round(
+        CONTEXT.round_id,
+        1,
+        base.version,
+        plan,
+        ("box-1",),
+        1,
+        1,
+        60.0,
+        0.0,
+        1e10,
+        False,
+        RoundState.OPEN,
+        None,
+    )
+    aggregator = PlainRounds(FedAvgFrozenA, CONTEXT.base_sha256, LIMIT)
+    assert aggregator.admit(prepared.blob, "box-1", round_, base) == 7
