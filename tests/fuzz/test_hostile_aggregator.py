@@ -49,6 +49,7 @@ from appliance.demo.run import TINY_TRAINING
 from appliance.errors import ModelError
 from appliance.federation.audit import check
 from appliance.federation.codec import RoundContext, decode_update, encode_update
+from appliance.federation.downlink import can_step, quantized_step
 from appliance.federation.global_adapter import initial_global_adapter, load_global_adapter
 from appliance.federation.messages import Evaluation, RoundAnnouncement
 from appliance.federation.updates import Delta
@@ -480,7 +481,8 @@ def audit_data(audit: Path, kind: str) -> list[dict]:
 def assert_honest_aggregate(
     config: AggregatorConfig, service: AggregatorService, boxes: list[HonestBox]
 ) -> None:
-    """The global adapter is the strategy applied to the honest updates alone."""
+    """The global adapter is the strategy applied to the honest updates alone, as the
+    downlink defines it: the base plus the int8-coded step every box rebuilds."""
     done = audit_data(service.audit.path, "round_aggregated")
     assert len(done) == 1
     assert sorted(done[0]["participants"]) == list(BOXES)
@@ -491,6 +493,8 @@ def assert_honest_aggregate(
         _header, update = decode_update(box.sent[0], start, 1 << 30)
         strategy.accept(update)
     want = strategy.finish().factors
+    if config.fleet.downlink.mode == "delta" and can_step(start, want):
+        want = quantized_step(start, want, config.fleet.downlink.block).rebuilt
     got = load_global_adapter(service.layout.global_adapter(1)).factors
     assert set(got) == set(want)
     for name in want:
