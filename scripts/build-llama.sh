@@ -3,10 +3,14 @@
 # (scripts/apply-llama-patches.sh), compiled with the flags below, cached by the hash of
 # everything that goes into it. Prints the wheel's path on stdout.
 #
-#   scripts/build-llama.sh [--profile dev|package]
+#   scripts/build-llama.sh [--profile dev|package|vulkan]
 #
 #   dev      setup.sh and CI: -march=native (this machine's vector units), BLAS
 #   package  the .deb: GGML_NATIVE=OFF (AVX2/FMA/F16C, runs on any x86-64 box with AVX2), BLAS
+#   vulkan   dev plus GGML_VULKAN (layers offloaded with gpu_layers; ops Vulkan lacks stay
+#            on the CPU). Needs glslc, libvulkan-dev, spirv-headers; not in setup.sh or CI
+#            yet. Against Debian 12's Vulkan headers (1.3.239) ggml-vulkan.cpp does not
+#            compile without a guard for VK_EXT_layer_settings (docs/vulkan.md)
 #
 # Flags, chosen by measurement (docs/benchmarks.md, "Training engine"): ggml's BLAS backend
 # with Debian's OpenBLAS (libopenblas-dev) takes the training backward (OUT_PROD) as one
@@ -32,18 +36,24 @@ COMMON="-DGGML_BLAS=ON -DGGML_BLAS_VENDOR=OpenBLAS -DLLAMA_CURL=OFF -DLLAMA_BUIL
 case "$PROFILE" in
     dev) FLAGS="$COMMON -DGGML_NATIVE=ON" ;;
     package) FLAGS="$COMMON -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" ;;
-    *) echo "build-llama: --profile is dev or package (got $PROFILE)" >&2; exit 2 ;;
+    vulkan) FLAGS="$COMMON -DGGML_NATIVE=ON -DGGML_VULKAN=ON" ;;
+    *) echo "build-llama: --profile is dev, package or vulkan (got $PROFILE)" >&2; exit 2 ;;
 esac
 say() { echo "build-llama: $*" >&2; }
 
 pkg-config --exists openblas 2>/dev/null || [ -f /usr/include/x86_64-linux-gnu/cblas.h ] \
     || [ -f /usr/include/cblas.h ] || [ -n "$(find /usr/include -name cblas.h -print -quit)" ] \
     || { say "OpenBLAS headers are missing: apt-get install libopenblas-dev"; exit 1; }
+if [ "$PROFILE" = vulkan ]; then
+    command -v glslc >/dev/null && pkg-config --exists vulkan 2>/dev/null \
+        && [ -d /usr/include/spirv ] \
+        || { say "Vulkan build tools are missing: apt-get install glslc libvulkan-dev spirv-headers"; exit 1; }
+fi
 
 # The key: the patches, the apply script, the version, the flags and the host's CPU features
 # when building for it (a cached -march=native wheel must not move to another CPU).
 native_id=""
-[ "$PROFILE" = dev ] && native_id=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
+[ "$PROFILE" != package ] && native_id=$(grep -m1 '^flags' /proc/cpuinfo | sha256sum | cut -c1-12)
 KEY=$( { cat patches/llama.cpp/*.patch scripts/apply-llama-patches.sh
          echo "$LLAMA_VERSION $FLAGS $native_id"; } | sha256sum | cut -c1-16)
 OUT=$CACHE/wheels/$PROFILE-$KEY
