@@ -88,6 +88,14 @@ rm -rf build/lib build/bdist.*
 rm -f "$STAGE_VENV"/bin/activate* "$STAGE_VENV"/bin/Activate.ps1 "$STAGE_VENV"/bin/pip*
 find "$STAGE_VENV" -name direct_url.json -delete
 SITE=$STAGE_VENV/lib/python$PY_MINOR/site-packages
+# Install size (docs/benchmarks.md, "Install size"): the venv was 311 MB with the steps above
+# and below (pip/setuptools gone: -24 MB; no byte code; strip: -33 MB). trim-venv.sh takes off
+# 91.6 MB more, nothing any feature loads (each step with its measured saving there):
+# llama-cpp-python's second lib/ + include/ (-36.8 MB), llama_cpp/lib's .so.0/.so copies as
+# links (-15.1 MB), tests/ folders inside packages (-25.7 MB), plotly's Jupyter extension and
+# widget bundle (-14.0 MB). scipy (dp-accounting's RDP accountant) and plotly (`appliance
+# report`) stay: features need them.
+packaging/trim-venv.sh "$STAGE_VENV"
 
 # The probes run next to the package (appliance.telemetry.runner.FIRMWARE_SCRIPTS).
 cp -r firmware_scripts "$SITE/firmware_scripts"
@@ -197,7 +205,7 @@ EOF
     | xargs -0 md5sum > DEBIAN/md5sums)
 chmod 0644 "$PKG/DEBIAN/md5sums" "$PKG/DEBIAN/control"
 DEB=$OUT/appliance_${VERSION}_$ARCH.deb
-# xz -1: a third bigger than -6 but several times faster on 300 MB of venv.
+# xz -1: a third bigger than -6 but several times faster on 220 MB of venv.
 dpkg-deb --root-owner-group -Zxz -z1 --build "$PKG" "$DEB" >/dev/null
 say "built $DEB ($(du -h "$DEB" | cut -f1))"
 DEBS=("$DEB")

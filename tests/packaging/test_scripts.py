@@ -15,7 +15,11 @@ POSIX = [DEBIAN / n for n in MAINTAINER] + [
     ROOT / "firmware_scripts" / "provision-identity",
     ROOT / "firmware_scripts" / "plant-ca-sign",
 ]
-BASH = [ROOT / "packaging" / "build-deb.sh", ROOT / "packaging" / "test-in-chroot.sh"]
+BASH = [
+    ROOT / "packaging" / "build-deb.sh",
+    ROOT / "packaging" / "test-in-chroot.sh",
+    ROOT / "packaging" / "trim-venv.sh",
+]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck missing")
