@@ -88,6 +88,14 @@ class EdgeLayout:
     def global_adapter(self, version: int) -> Path:
         return self.adapters_dir / f"global-v{version}.gguf"
 
+    def rebuilt_global(self, version: int) -> Path:
+        """Where a global adapter is rebuilt from a delta before it is checked and installed."""
+        return self.adapters_dir / f".global-v{version}.rebuilt.gguf"
+
+    def rebuilt_globals(self) -> list[Path]:
+        """Rebuilt files still here: ones a killed daemon never installed."""
+        return sorted(self.adapters_dir.glob(".global-v*.rebuilt.gguf"))
+
     @property
     def solo_adapter(self) -> Path:
         """The local-only ("solo") baseline: trained on this box's data alone, round after

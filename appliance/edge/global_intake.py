@@ -34,13 +34,10 @@ class BoxModel:
     shapes: dict[str, tuple[int, ...]]
 
 
-REBUILT_GLOB = ".global-v*.rebuilt.gguf"
-
-
 def remove_stale_rebuilds(layout: EdgeLayout) -> int:
     """Delete rebuilt files a killed daemon left before installing them (a restart rebuilds
     or asks again); the number removed."""
-    stale = list(layout.adapters_dir.glob(REBUILT_GLOB)) if layout.adapters_dir.is_dir() else []
+    stale = layout.rebuilt_globals()
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
@@ -52,7 +49,7 @@ def rebuild(header: DeltaHeader, body: bytes, layout: EdgeLayout, model: BoxMode
     if header.model_sha256 != model.sha256:
         raise DeltaError(f"the delta is for base model {header.model_sha256[:12]}, not this one")
     rebuilt = apply_body(header, body, _base(header, layout, model))
-    out = layout.adapters_dir / REBUILT_GLOB.replace("*", str(header.to_version))
+    out = layout.rebuilt_global(header.to_version)
     save_global_adapter(out, rebuilt, model.architecture, model.sha256, header.round_id)
     if file_sha256(out) != header.to_sha256:
         out.unlink(missing_ok=True)
