@@ -59,6 +59,14 @@ class SecureAggregationSettings(Section):
         description="After opening a round, relay the key set once every participant's mask "
         "key arrived or this long has passed (boxes without a key are out of the round).",
     )
+    share_wait_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86_400,
+        description="Version 2: after the key set went out, relay the shares once every "
+        "key-set member shared or this long has passed (boxes that did not share are out "
+        "of the round; it fails if a box that shared keeps fewer than t share holders).",
+    )
     reveal_wait_s: float = Field(
         default=600.0,
         gt=0,

@@ -73,6 +73,7 @@ def test_the_config_bound_is_the_encodings_bound(weight: int) -> None:
             "needs training.freeze_a = true",
         ),
         ("[fleet.secure_aggregation]\nkey_wait_s = 0\n", "key_wait_s"),
+        ("[fleet.secure_aggregation]\nshare_wait_s = inf\n", "share_wait_s"),
         ("[fleet.secure_aggregation]\nreveal_wait_s = -1\n", "reveal_wait_s"),
         ("[fleet.secure_aggregation]\nmin_reporting = 1\n", "min_reporting"),
         ("[fleet.secure_aggregation]\nvalue_bound = nan\n", "value_bound"),

@@ -3,7 +3,7 @@
 Aggregator (`PlusRounds`): opens a `PlusCollector` when it configures a round (the plan
 names threshold, neighbours, ring and DP noise), relays the key set once every participant's
 keys are in (or `key_wait_s` passed), relays the shares once every key-set member shared (or
-`key_wait_s` passed again), admits each masked update before the round store keeps it; when
+`share_wait_s` passed), admits each masked update before the round store keeps it; when
 the round closes it commits the reporting set (phase `committed`), relays the signed acks
 once every reporting box acked or `reveal_wait_s` passed (`revealing`), and answers the
 unmasked sum once every secret has t shares, or fails after `reveal_wait_s` more. With DP
@@ -173,7 +173,7 @@ class PlusRounds(AggregatorProtocol):
                 keyset = collector.state.keyset
                 assert keyset is not None
                 everyone = set(collector.shares_received) == set(keyset.members)
-                if everyone or now - timers.phase_at >= self.settings.key_wait_s:
+                if everyone or now - timers.phase_at >= self.settings.share_wait_s:
                     relays = self.session.publish_relays(now)
                     log.info(
                         "round %s: shares of %d boxes relayed", collector.round_id, len(relays)
