@@ -177,6 +177,8 @@ def test_aggregator_section_in_an_edge_file_is_unknown(tmp_path: Path) -> None:
             "training.rank: must be a power of two between 1 and 256 (got 0)",
         ),
         ('[training]\nrank = "8"\n', "training.rank: expected an integer (got a string '8')"),
+        ("[training]\ngpu_layers = -1\n", "training.gpu_layers"),
+        ('[training]\ngpu_layers = "all"\n', "training.gpu_layers"),
         ("[training]\nrank = 8.0\n", "training.rank: expected an integer (got a float 8.0)"),
         ("[training]\nlearning_rate = nan\n", "training.learning_rate: must be a finite number"),
         ("[training]\nalpha = inf\n", "training.alpha: must be a finite number"),

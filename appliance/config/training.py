@@ -47,6 +47,13 @@ class TrainingSettings(Section, LoraSpec):
         "`f32` make a training copy once, cached in the state directory.",
     )
     threads: int = Field(default=0, ge=0, le=1024, description="Training threads; 0 = all cores.")
+    gpu_layers: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="Layers offloaded to a GPU while training, when llama.cpp was built with "
+        "one (Vulkan, CUDA); 0 = CPU only. Ops the GPU backend lacks run on the CPU.",
+    )
     nice: int = Field(default=10, ge=0, le=19, description="Nice level of the trainer worker.")
     memory_limit_mb: int = Field(
         default=2048,

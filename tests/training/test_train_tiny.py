@@ -10,10 +10,16 @@ from appliance.data.windows import token_windows
 from appliance.errors import AdapterError, ModelError, TrainingError
 from appliance.llm.adapters import BASE_SHA256_KEY, read_adapter, write_adapter
 from appliance.llm.gguf_file import file_sha256, open_gguf, tensor_shapes
+from appliance.llm.native import lib
 from appliance.llm.runtime import Runtime
 from appliance.llm.texts import tokenize
 from appliance.llm.tiny import TinyQuant
-from appliance.llm.training.engine import AdapterContext, LoraTrainer, TrainingModel
+from appliance.llm.training.engine import (
+    AdapterContext,
+    LoraTrainer,
+    TrainingModel,
+    training_model_params,
+)
 from appliance.llm.training.job import TrainingResult
 from appliance.llm.training.lora_init import derived_a, initial_factors, target_shapes
 from appliance.llm.training.supervisor import TrainingRequest, train
@@ -245,3 +251,13 @@ def test_top_layers_puts_adapters_only_on_the_top_blocks(
     assert adapter.metadata["appliance.lora.top_layers"] == 1
     assert result.nll_after is not None and result.nll_before is not None
     assert result.nll_after < result.nll_before
+
+
+def test_training_loads_the_base_on_the_cpu_unless_gpu_layers_says_otherwise() -> None:
+    """llama.cpp's default n_gpu_layers is -1 (every layer on the device of a GPU build): the
+    trainer passes training.gpu_layers instead, 0 unless configured."""
+    assert lib.llama_model_default_params().n_gpu_layers == -1
+    assert training_model_params(0).n_gpu_layers == 0
+    assert training_model_params(12).n_gpu_layers == 12
+    assert training_model_params(0).use_extra_bufts is False
+    assert tiny_settings().gpu_layers == 0

@@ -17,7 +17,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +49,15 @@ def _reasons(mark: int) -> str:
     return f": {' / '.join(reasons[-3:])}" if reasons else ""
 
 
+def training_model_params(gpu_layers: int) -> Any:
+    """llama_model_params for training: no repacked buffers, and `gpu_layers` offloaded
+    (llama.cpp's default of -1 would put every layer on a GPU build's device)."""
+    params = lib.llama_model_default_params()
+    params.use_extra_bufts = False
+    params.n_gpu_layers = gpu_layers
+    return params
+
+
 class TrainingModel:
     """A base model loaded for training (read-only mmap, no repacked CPU buffers).
 
@@ -56,13 +65,12 @@ class TrainingModel:
     (ggml-backend.cpp:1294), so training always loads without them.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, gpu_layers: int = 0) -> None:
         global _backend_ready  # noqa: PLW0603 (llama_backend_init once per process)
         if not _backend_ready:
             lib.llama_backend_init()
             _backend_ready = True
-        params = lib.llama_model_default_params()
-        params.use_extra_bufts = False
+        params = training_model_params(gpu_layers)
         mark = bridge.mark()
         self.handle = lib.llama_model_load_from_file(str(path).encode(), params)
         if not self.handle:

@@ -39,7 +39,7 @@ def run_job(job: TrainingJob, emit: Emit, stop_requested: Callable[[], bool]) ->
     heldout_texts = [record_text(r, template) for r in job.records(job.heldout_records)]
     emit({"event": "loading", "model": job.train_model})
     log.info("loading %s for training (%d threads)", job.train_model, threads)
-    model = TrainingModel(Path(job.train_model))
+    model = TrainingModel(Path(job.train_model), gpu_layers=settings.gpu_layers)
     window = settings.window_tokens
     windows = token_windows(_stream(model, train_texts), window, settings.stride_tokens or window)
     heldout_stream = _stream(model, heldout_texts)
