@@ -177,6 +177,15 @@ class Fleet:
 
         wait_for(ticked, what)
 
+    def relay_shares(self, sharing: set[str], what: str) -> None:
+        """Let every box in `sharing` share before the aggregator is ticked again, then tick
+        until the shares are relayed: only the boxes left out miss a short `share_wait_s`
+        (on a loaded machine sharing can take longer than it)."""
+        collector = self.agg.session.collector
+        assert collector is not None
+        self.wait_ticking(lambda: set(collector.shares_received) == sharing, what)
+        self.tick_until(Phase.UPDATES, "the share relays")
+
     def prepare(self, name: str) -> tuple[np.ndarray, int]:
         """Train (here: draw) and prepare one box's update; its weighted codes and weight."""
         assert self.announcement is not None
@@ -255,10 +264,7 @@ def test_dropouts_at_every_phase_over_the_broker(fleet: Fleet) -> None:
     waits = {"key_wait_s": 0.5, "share_wait_s": 0.5}  # no box2 keys, no box3 shares
     fleet.agg.settings = fleet.agg.settings.model_copy(update=waits)
     fleet.tick_until(Phase.SHARES, "the key set")
-    collector = fleet.agg.session.collector
-    sharing = set(fleet.boxes) - {"box2", "box3"}
-    fleet.wait_ticking(lambda: set(collector.shares_received) == sharing, "eight boxes' shares")
-    fleet.tick_until(Phase.UPDATES, "the share relays")
+    fleet.relay_shares(set(fleet.boxes) - {"box2", "box3"}, "eight boxes' shares")
     fleet.stop_box("box4")
     codes = {}
     for name in fleet.boxes:
@@ -268,6 +274,7 @@ def test_dropouts_at_every_phase_over_the_broker(fleet: Fleet) -> None:
     fleet.stop_box("box5")  # reported, then gone: no ack
     first = fleet.agg.finish(fleet.round, fleet.w.base, fleet.stored.values(), time.time())
     assert first == Waiting("committed", "waiting for the reporting boxes' acks")
+    collector = fleet.agg.session.collector
     wait_for(lambda: len(collector.acked) == 6, "six acks")
     fleet.stop_box("box6")  # acked, then gone: no reveal
     outcome = fleet.finish(advance_s=601)  # the ack wait is over (box5 never acks)
@@ -420,11 +427,8 @@ def run_with_dropouts(fleet: Fleet, phase: str, gone: tuple[str, ...]) -> Aggreg
     wait_for(lambda: len(collector.keys_received) == len(joining), "the boxes' keys")
     drop_at(fleet, "shares", phase, gone)
     fleet.tick_until(Phase.SHARES, "the key set")
-    # every box still up shares before the aggregator is ticked again, so only the boxes
-    # `gone` miss the short share wait (on a loaded machine sharing can take longer)
     sharing = {n for n in joining if not (phase == "shares" and n in gone)}
-    fleet.wait_ticking(lambda: set(collector.shares_received) == sharing, "the boxes' shares")
-    fleet.tick_until(Phase.UPDATES, "the share relays")
+    fleet.relay_shares(sharing, "the boxes' shares")
     drop_at(fleet, "update", phase, gone)
     live = [n for n in fleet.boxes if not (phase in ("keys", "shares", "update") and n in gone)]
     for name in live:

@@ -17,7 +17,7 @@ import ctypes
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -49,10 +49,10 @@ def _reasons(mark: int) -> str:
     return f": {' / '.join(reasons[-3:])}" if reasons else ""
 
 
-def training_model_params(gpu_layers: int) -> Any:
+def training_model_params(gpu_layers: int) -> lib.llama_model_params:
     """llama_model_params for training: no repacked buffers, and `gpu_layers` offloaded
     (llama.cpp's default of -1 would put every layer on a GPU build's device)."""
-    params = lib.llama_model_default_params()
+    params: lib.llama_model_params = lib.llama_model_default_params()
     params.use_extra_bufts = False
     params.n_gpu_layers = gpu_layers
     return params
